@@ -1,0 +1,23 @@
+"""onnxsal: pixel attribution (saliency maps) for any ONNX model.
+
+Heavy modules (onnxruntime, numba) load on first use, so `import onnxsal` and the CLI start fast.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": ("onnxsal.graph.model", "load_model"),
+    "ModelGraph": ("onnxsal.graph.model", "ModelGraph"),
+    "OnnxsalError": ("onnxsal.errors", "OnnxsalError"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'onnxsal' has no attribute {name!r}")

@@ -1,0 +1,340 @@
+"""Reverse-mode differentiation of an ONNX graph into ONNX nodes.
+
+build_gradient_model(model, output, wrt) returns a model that, besides the original outputs, takes an
+input `seed` shaped like `output` and returns d sum(seed * output) / d t as `<t>_grad` for every t in
+wrt (graph inputs or intermediate tensors, the latter also exposed as outputs). Only nodes on a path
+from some t in wrt to `output` are differentiated; contributions to a tensor read by several nodes are
+summed; no weight gradient is ever built. Each node's vector-Jacobian product comes from its rule.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import LayerError, UnsupportedOpError
+from ..graph.utils import FLOAT_TYPES, attribute, constants, default_opset, node_label, tensor_types
+from . import registry
+
+
+def _np_dtype(elem_type: int):
+    return helper.tensor_dtype_to_np_dtype(elem_type)
+
+
+class Emitter:
+    """Owns the nodes and constants added to a graph, with unique names and a Shape cache."""
+
+    def __init__(self, model: onnx.ModelProto, prefix: str = "onnxsal"):
+        self.model = model
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.dtypes, self.shapes = tensor_types(model)
+        self.consts = constants(model.graph)
+        self.opset = default_opset(model)
+        self.prefix = prefix
+        self._count = 0
+        self._shape_cache: dict[str, str] = {}
+        self._taken = {n for node in model.graph.node for n in list(node.input) + list(node.output)}
+        self._taken |= {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+
+    def fresh(self, hint: str) -> str:
+        while True:
+            self._count += 1
+            name = f"{self.prefix}/{hint}_{self._count}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", **attrs):
+        names = [self.fresh(op_type) for _ in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], domain=domain, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def constant(self, value, dtype=None, like: str | None = None) -> str:
+        if like is not None:
+            dtype = _np_dtype(self.dtypes.get(like, TensorProto.FLOAT))
+        array = np.asarray(value, dtype=dtype)
+        name = self.fresh("const")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        self.dtypes[name] = helper.np_dtype_to_tensor_dtype(array.dtype)
+        self.shapes[name] = array.shape
+        self.consts[name] = array
+        return name
+
+    def ints(self, values) -> str:
+        return self.constant(np.asarray(values, dtype=np.int64))
+
+    def shape_of(self, name: str) -> str:
+        if name not in self._shape_cache:
+            self._shape_cache[name] = self.op("Shape", name)
+        return self._shape_cache[name]
+
+
+class RuleContext:
+    """What a rule sees: its forward node, incoming gradients and helpers that emit ONNX nodes."""
+
+    def __init__(self, emitter: Emitter, node: onnx.NodeProto, grads_out: list, needs: list[bool]):
+        self.e = emitter
+        self.node = node
+        self._grads_out = grads_out
+        self._needs = needs
+
+    # -- the forward node
+    @property
+    def opset(self) -> int:
+        return self.e.opset
+
+    def x(self, i: int = 0) -> str:
+        return self.node.input[i] if i < len(self.node.input) else ""
+
+    def y(self, i: int = 0) -> str:
+        return self.node.output[i] if i < len(self.node.output) else ""
+
+    def dy(self, i: int = 0) -> str | None:
+        return self._grads_out[i] if i < len(self._grads_out) else None
+
+    def needs(self, i: int) -> bool:
+        return i < len(self._needs) and self._needs[i]
+
+    def attr(self, name: str, default=None):
+        value = attribute(self.node, name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def shape(self, name: str) -> tuple | None:
+        return self.e.shapes.get(name)
+
+    def rank(self, name: str) -> int:
+        shape = self.shape(name)
+        if shape is None:
+            raise UnsupportedOpError(f"{node_label(self.node)}: the rank of {name!r} is unknown (shape inference failed)")
+        return len(shape)
+
+    def static_shape(self, name: str, skip_batch: bool = False) -> tuple:
+        """Static dims of `name`; raises when one is unknown (the batch dim may be allowed to be None)."""
+        shape = self.shape(name)
+        dims = shape[1:] if (skip_batch and shape) else shape
+        if shape is None or any(d is None for d in dims):
+            raise UnsupportedOpError(
+                f"{node_label(self.node)}: needs the static shape of {name!r}, which shape inference could not "
+                "determine; give a fixed input size"
+            )
+        return shape
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.e.consts.get(name) if name else None
+
+    def require_const(self, name: str, what: str) -> np.ndarray:
+        value = self.const(name)
+        if value is None:
+            raise UnsupportedOpError(f"{node_label(self.node)}: its {what} must be a constant to differentiate it")
+        return value
+
+    def np_dtype(self, name: str):
+        return _np_dtype(self.e.dtypes.get(name, TensorProto.FLOAT))
+
+    # -- emitting
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs):
+        return self.e.op(op_type, *inputs, outputs=outputs, **attrs)
+
+    def constant(self, value, like: str | None = None, dtype=None) -> str:
+        return self.e.constant(value, dtype=dtype, like=like if like is not None else (None if dtype else self.x(0)))
+
+    def ints(self, values) -> str:
+        return self.e.ints(values)
+
+    def shape_of(self, name: str) -> str:
+        return self.e.shape_of(name)
+
+    def forward_output(self, i: int) -> str:
+        """Name of optional output i of the forward node, adding it when the model did not ask for it."""
+        while len(self.node.output) <= i:
+            self.node.output.append("")
+        if not self.node.output[i]:
+            self.node.output[i] = self.e.fresh(f"{self.node.op_type}_out{i}")
+        return self.node.output[i]
+
+    def zeros_like(self, name: str) -> str:
+        zero = numpy_helper.from_array(np.zeros(1, dtype=self.np_dtype(name)))
+        return self.op("ConstantOfShape", self.shape_of(name), value=zero)
+
+    def reshape_like(self, grad: str, like: str) -> str:
+        shape = self.shape(like)
+        if shape is not None and all(d is not None for d in shape):
+            return self.op("Reshape", grad, self.ints(shape))
+        return self.op("Reshape", grad, self.shape_of(like))
+
+    def reduce_sum(self, x: str, axes, keepdims: int = 1) -> str:
+        return self.op("ReduceSum", x, self.ints(list(axes)), keepdims=keepdims)
+
+    def unsqueeze(self, x: str, axes) -> str:
+        return self.op("Unsqueeze", x, self.ints(list(axes)))
+
+    def mul(self, a: str, b: str) -> str:
+        return self.op("Mul", a, b)
+
+    def scale(self, x: str, factor: float) -> str:
+        return self.op("Mul", x, self.constant(factor, like=x))
+
+    def unbroadcast(self, grad: str, like: str, shaped_as: str | None = None) -> str:
+        """Sum `grad` (shaped like `shaped_as`, default the node's output) over the axes `like` was broadcast on."""
+        return self.sum_to(grad, self.shape(shaped_as or self.y(0)), self.shape(like), like)
+
+    def sum_to(self, grad: str, out_shape: tuple | None, in_shape: tuple | None, like: str) -> str:
+        """Sum `grad` of shape out_shape down to in_shape (numpy broadcasting in reverse); `like` has in_shape."""
+        if out_shape is None or in_shape is None:
+            return self._unbroadcast_dynamic(grad, like)
+        lead = len(out_shape) - len(in_shape)
+        if lead < 0:
+            return self._unbroadcast_dynamic(grad, like)
+        axes = list(range(lead))
+        for i, d in enumerate(in_shape):
+            o = out_shape[lead + i]
+            if d == 1 and o != 1:
+                axes.append(lead + i)
+            elif d is not None and o is not None and d != o:
+                return self._unbroadcast_dynamic(grad, like)
+        if not axes:
+            return grad
+        summed = self.reduce_sum(grad, axes, keepdims=1)
+        if lead == 0:
+            return summed
+        if all(d is not None for d in in_shape):
+            return self.op("Reshape", summed, self.ints(in_shape))
+        return self.op("Reshape", summed, self.shape_of(like))
+
+    def _unbroadcast_dynamic(self, grad: str, like: str) -> str:
+        # axes = nonzero(pad_left(shape(like), rank(grad)) != shape(grad)); sum there; reshape to shape(like)
+        gshape, lshape = self.op("Shape", grad), self.shape_of(like)
+        grank, lrank = self.op("Shape", gshape), self.op("Shape", lshape)
+        pad = self.op("Sub", grank, lrank)
+        ones = self.op("Expand", self.ints([1]), pad)
+        padded = self.op("Concat", ones, lshape, axis=0)
+        differ = self.op("Not", self.op("Equal", padded, gshape))
+        axes = self.op("Reshape", self.op("NonZero", differ), self.ints([-1]))
+        summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
+        return self.op("Reshape", summed, lshape)
+
+
+def _needed_nodes(nodes, output: str, active: set[str]):
+    """Nodes on a path from an active tensor to `output`, in reverse topological order."""
+    needed = {output}
+    path = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output) and any(i in active for i in node.input):
+            path.append(node)
+            needed.update(i for i in node.input if i in active)
+    return path, needed
+
+
+def _active_tensors(nodes, wrt: Sequence[str], dtypes: dict) -> set[str]:
+    active = set(wrt)
+    for node in nodes:
+        if any(i in active for i in node.input):
+            active.update(o for o in node.output if o and dtypes.get(o, TensorProto.FLOAT) in FLOAT_TYPES)
+    return active
+
+
+def missing_rules(model: onnx.ModelProto, output: str, wrt: Sequence[str], ruleset: str = "gradient"):
+    """[(op_type, node label)] for nodes on the gradient path that have no rule."""
+    dtypes, _ = tensor_types(model)
+    nodes = list(model.graph.node)
+    path, _ = _needed_nodes(nodes, output, _active_tensors(nodes, wrt, dtypes))
+    out = []
+    for node in reversed(path):
+        if node.domain not in ("", "ai.onnx") or registry.lookup(ruleset, node.op_type) is None:
+            out.append((node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}", node_label(node)))
+    return out
+
+
+def build_gradient_model(
+    model: onnx.ModelProto,
+    output: str,
+    wrt: Sequence[str],
+    ruleset: str = "gradient",
+    seed_name: str = "seed",
+    expose: Sequence[str] = (),
+) -> onnx.ModelProto:
+    """The model plus input `seed` and outputs `<t>_grad` = d sum(seed * output) / d t for t in wrt.
+
+    `expose` names extra intermediate tensors to return as outputs (e.g. activations without gradient).
+    """
+    if ruleset not in registry.rulesets():
+        raise UnsupportedOpError(f"unknown rule set {ruleset!r}; choose one of {', '.join(registry.rulesets())}")
+    model = copy.deepcopy(model)
+    graph = model.graph
+    emitter = Emitter(model)
+    dtypes, shapes = emitter.dtypes, emitter.shapes
+    if output not in dtypes:
+        raise LayerError(f"unknown output tensor {output!r}")
+    nodes = list(graph.node)
+    active = _active_tensors(nodes, wrt, dtypes)
+    path, needed = _needed_nodes(nodes, output, active)
+    for t in wrt:
+        if t not in dtypes:
+            raise LayerError(f"unknown tensor {t!r}: not an input or a tensor of the graph")
+        if t not in needed and t != output:
+            raise LayerError(f"tensor {t!r} does not influence {output!r}; choose a layer between the input and the output")
+
+    missing = missing_rules(model, output, wrt, ruleset)
+    if missing:
+        ops = sorted({op for op, _ in missing})
+        raise UnsupportedOpError(
+            f"no backward rule for {', '.join(ops)} (first at {missing[0][1]}); "
+            f"supported ops: {', '.join(registry.supported_ops(ruleset))}"
+        )
+
+    seed_name = seed_name if seed_name not in dtypes else emitter.fresh("seed")
+    grads: dict[str, list[str]] = {output: [seed_name]}
+
+    def accumulated(t: str) -> str | None:
+        parts = grads.get(t)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            grads[t] = [emitter.op("Sum", *parts)]
+        return grads[t][0]
+
+    for node in path:
+        grads_out = [accumulated(o) if o else None for o in node.output]
+        if all(g is None for g in grads_out):
+            continue
+        needs = [bool(i) and i in active and i in needed for i in node.input]
+        ctx = RuleContext(emitter, node, grads_out, needs)
+        results = registry.lookup(ruleset, node.op_type)(ctx) or ()
+        for i, g in enumerate(results):
+            if g is not None and i < len(needs) and needs[i]:
+                grads.setdefault(node.input[i], []).append(g)
+
+    new_outputs = []
+    existing_outputs = {o.name for o in graph.output}
+
+    def value_info(name: str, like: str):
+        shape = shapes.get(like)
+        dims = None if shape is None else ["N" if d is None else d for d in shape]
+        return helper.make_tensor_value_info(name, dtypes.get(like, TensorProto.FLOAT), dims)
+
+    if output not in existing_outputs:
+        new_outputs.append(value_info(output, output))
+        existing_outputs.add(output)
+    for t in list(expose) + [t for t in wrt if t not in {i.name for i in graph.input}]:
+        if t not in existing_outputs:
+            new_outputs.append(value_info(t, t))
+            existing_outputs.add(t)
+    for t in wrt:
+        g = accumulated(t)
+        if g is None:
+            g = RuleContext(emitter, nodes[0] if nodes else helper.make_node("Identity", [t], [t]), [], []).zeros_like(t)
+        grad_name = f"{t}_grad"
+        emitter.nodes.append(helper.make_node("Identity", [g], [grad_name], name=f"{emitter.prefix}/{grad_name}"))
+        new_outputs.append(value_info(grad_name, t))
+
+    graph.input.append(value_info(seed_name, output))
+    graph.node.extend(emitter.nodes)
+    graph.initializer.extend(emitter.initializers)
+    graph.output.extend(new_outputs)
+    return model

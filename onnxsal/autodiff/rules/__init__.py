@@ -1,0 +1,1 @@
+"""Backward rules by op family; importing a module registers its rules (see ..registry)."""

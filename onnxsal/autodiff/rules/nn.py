@@ -1,0 +1,329 @@
+"""Backward rules of network layers (input gradients only; weights are constants).
+
+Conv       y[o] = sum_k x[o*s - p + k*d] w[k]  ->  dx = ConvTranspose(dy, w) with the same s, d, group
+ConvTranspose                                  ->  dx = Conv(dy, w)
+MaxPool    dx = scatter-add of dy through the forward node's Indices output
+AveragePool dx = ConvTranspose(dy / divisor, ones), depthwise
+Gemm/MatMul dA = dY B^T, dB = A^T dY
+Softmax    dx = y * (dy - sum(dy * y));  LogSoftmax  dx = dy - exp(y) * sum(dy)
+LayerNormalization dx = inv * (g - mean(g) - xhat * mean(g * xhat)), g = dy * scale
+Resize     dx = M_a^T applied along each resized axis a, M_a the op's own interpolation matrix
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ...errors import UnsupportedOpError
+from ...graph.utils import node_label
+from ..registry import rule
+
+
+def _spatial_geometry(ctx, x_spatial, kernel):
+    """(strides, dilations, pads_begin, pads_end) with auto_pad resolved on static sizes."""
+    n = len(kernel)
+    strides = list(ctx.attr("strides", None) or [1] * n)
+    dilations = list(ctx.attr("dilations", None) or [1] * n)
+    pads = list(ctx.attr("pads", None) or [0] * (2 * n))
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    begin, end = pads[:n], pads[n:]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(x_spatial, kernel, strides, dilations):
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            small = total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else total - small)
+            end.append(total - begin[-1])
+    elif auto_pad == "VALID":
+        begin, end = [0] * n, [0] * n
+    return strides, dilations, begin, end
+
+
+def _transpose_geometry(x_spatial, y_spatial, kernel, strides, dilations, begin):
+    """Pads and output_padding of a ConvTranspose mapping y back onto x (the adjoint of a strided window op).
+
+    Its output length is s (Ho - 1) + op + (k - 1) d + 1 - pb - pe; choosing pe = s (Ho - 1) + (k - 1) d + 1 - pb - H
+    (or op = -pe when that is negative: trailing inputs no window covered) makes it H.
+    """
+    pads_end, out_pad = [], []
+    for size, out, k, s, d, pb in zip(x_spatial, y_spatial, kernel, strides, dilations, begin):
+        pe = s * (out - 1) + (k - 1) * d + 1 - pb - size
+        pads_end.append(max(pe, 0))
+        out_pad.append(max(-pe, 0))
+    return list(begin) + pads_end, out_pad
+
+
+def _weights_are_constant(ctx):
+    if any(ctx.needs(i) for i in range(1, len(ctx.node.input))):
+        raise UnsupportedOpError(
+            f"{node_label(ctx.node)}: its weights depend on the input; onnxsal differentiates data inputs only"
+        )
+
+
+@rule("Conv")
+def conv(ctx):
+    _weights_are_constant(ctx)
+    x, w, y = ctx.x(0), ctx.x(1), ctx.y()
+    xs, ys = ctx.static_shape(x, skip_batch=True), ctx.static_shape(y, skip_batch=True)
+    kernel = list(ctx.attr("kernel_shape", None) or ctx.static_shape(w)[2:])
+    strides, dilations, begin, _ = _spatial_geometry(ctx, xs[2:], kernel)
+    pads, out_pad = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
+    return [ctx.op("ConvTranspose", ctx.dy(), w, strides=strides, dilations=dilations, pads=pads,
+                   output_padding=out_pad if any(out_pad) else None, group=ctx.attr("group", 1))]
+
+
+@rule("ConvTranspose")
+def conv_transpose(ctx):
+    _weights_are_constant(ctx)
+    x, w, y = ctx.x(0), ctx.x(1), ctx.y()
+    xs, ys = ctx.static_shape(x, skip_batch=True), ctx.static_shape(y, skip_batch=True)
+    n = len(xs) - 2
+    kernel = list(ctx.attr("kernel_shape", None) or ctx.static_shape(w)[2:])
+    strides = list(ctx.attr("strides", None) or [1] * n)
+    dilations = list(ctx.attr("dilations", None) or [1] * n)
+    out_pad = list(ctx.attr("output_padding", None) or [0] * n)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if ctx.attr("output_shape", None) is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # total padding from the sizes; split as onnxruntime does (head gets the smaller half for SAME_UPPER)
+        begin = []
+        for size, out, k, s, d, op in zip(xs[2:], ys[2:], kernel, strides, dilations, out_pad):
+            total = s * (size - 1) + op + (k - 1) * d + 1 - out
+            begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+    elif auto_pad == "VALID":
+        begin = [0] * n
+    else:
+        begin = list(ctx.attr("pads", None) or [0] * (2 * n))[:n]
+    # dx[i] = sum_k dy[i*s - pb + k*d] w[k]: a Conv with begin pads pb; end pads make its length H_in
+    dy, ends, crop = ctx.dy(), [], {}
+    for axis, (size, out, k, s, d, pb) in enumerate(zip(xs[2:], ys[2:], kernel, strides, dilations, begin)):
+        pe = (size - 1) * s + (k - 1) * d + 1 - pb - out
+        if pe < 0:
+            crop[axis + 2] = out + pe
+            pe = 0
+        ends.append(pe)
+    if crop:
+        axes = sorted(crop)
+        dy = ctx.op("Slice", dy, ctx.ints([0] * len(axes)), ctx.ints([crop[a] for a in axes]), ctx.ints(axes))
+    return [ctx.op("Conv", dy, w, strides=strides, dilations=dilations, pads=begin + ends, group=ctx.attr("group", 1))]
+
+
+@rule("MaxPool")
+def max_pool(ctx):
+    if ctx.attr("storage_order", 0) != 0:
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: storage_order=1 is not supported")
+    # Indices are offsets into the flattened x (batch and channel included); several outputs may share one
+    indices = ctx.forward_output(1)
+    x = ctx.x()
+    flat = ctx.ints([-1])
+    zeros = ctx.op("Reshape", ctx.zeros_like(x), flat)
+    dx = ctx.op("ScatterElements", zeros, ctx.op("Reshape", indices, flat), ctx.op("Reshape", ctx.dy(), flat),
+                axis=0, reduction="add")
+    return [ctx.op("Reshape", dx, ctx.shape_of(x))]
+
+
+def _pool_divisor(size, out, k, s, d, pb, pe, include_pad):
+    """Per output position of one axis: how many inputs the average divides by."""
+    counts = []
+    for o in range(out):
+        positions = o * s - pb + np.arange(k) * d
+        lo, hi = (-pb, size + pe) if include_pad else (0, size)
+        counts.append(int(((positions >= lo) & (positions < hi)).sum()))
+    return np.asarray(counts, dtype=np.float64)
+
+
+@rule("AveragePool")
+def average_pool(ctx):
+    x, y = ctx.x(), ctx.y()
+    xs, ys = ctx.static_shape(x, skip_batch=True), ctx.static_shape(y, skip_batch=True)
+    kernel = list(ctx.attr("kernel_shape"))
+    strides, dilations, begin, end = _spatial_geometry(ctx, xs[2:], kernel)
+    include_pad = bool(ctx.attr("count_include_pad", 0))
+    divisor = np.ones((), dtype=np.float64)
+    for axis, (size, out, k, s, d, pb, pe) in enumerate(zip(xs[2:], ys[2:], kernel, strides, dilations, begin, end)):
+        per_axis = _pool_divisor(size, out, k, s, d, pb, pe, include_pad)
+        divisor = np.multiply.outer(divisor, per_axis)
+    channels = xs[1]
+    scaled = ctx.mul(ctx.dy(), ctx.constant((1.0 / divisor)[None, None], like=x))
+    ones = ctx.constant(np.ones([channels, 1] + kernel), like=x)
+    pads, out_pad = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
+    return [ctx.op("ConvTranspose", scaled, ones, strides=strides, dilations=dilations, pads=pads,
+                   output_padding=out_pad if any(out_pad) else None, group=channels)]
+
+
+@rule("GlobalAveragePool")
+def global_average_pool(ctx):
+    x = ctx.x()
+    area = int(np.prod(ctx.static_shape(x, skip_batch=True)[2:]))
+    return [ctx.op("Expand", ctx.scale(ctx.dy(), 1.0 / area), ctx.shape_of(x))]
+
+
+@rule("GlobalMaxPool")
+def global_max_pool(ctx):
+    # the gradient goes to the maxima, shared equally between ties
+    x, y = ctx.x(), ctx.y()
+    mask = ctx.op("Cast", ctx.op("Equal", x, y), to=ctx.e.dtypes[x])
+    axes = list(range(2, ctx.rank(x)))
+    count = ctx.reduce_sum(mask, axes, keepdims=1)
+    return [ctx.mul(mask, ctx.op("Div", ctx.dy(), count))]
+
+
+@rule("BatchNormalization")
+def batch_normalization(ctx):
+    # inference: y = (x - mean) * scale / sqrt(var + eps) + B  ->  dx = dy * scale / sqrt(var + eps) (channel axis 1)
+    if ctx.attr("training_mode", 0) or len([o for o in ctx.node.output if o]) > 1:
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: training-mode BatchNormalization cannot be explained; export in eval mode")
+    x = ctx.x()
+    bshape = [-1] + [1] * (ctx.rank(x) - 2)
+    eps = ctx.attr("epsilon", 1e-5)
+    scale, var = ctx.const(ctx.x(1)), ctx.const(ctx.x(4))
+    if scale is not None and var is not None:
+        factor = ctx.constant((scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)).reshape(bshape), like=x)
+    else:
+        std = ctx.op("Sqrt", ctx.op("Add", ctx.x(4), ctx.constant(eps, like=ctx.x(4))))
+        factor = ctx.op("Reshape", ctx.op("Div", ctx.x(1), std), ctx.ints(bshape))
+    return [ctx.mul(ctx.dy(), factor)]
+
+
+@rule("LayerNormalization")
+def layer_normalization(ctx):
+    x, dy = ctx.x(0), ctx.dy()
+    rank = ctx.rank(x)
+    axis = ctx.attr("axis", -1) % rank
+    axes = list(range(axis, rank))
+    n = int(np.prod(ctx.static_shape(x, skip_batch=True)[axis:]))
+    mean = lambda t: ctx.scale(ctx.reduce_sum(t, axes, keepdims=1), 1.0 / n)  # noqa: E731
+    centered = ctx.op("Sub", x, mean(x))
+    var = mean(ctx.mul(centered, centered))
+    inv = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, ctx.constant(ctx.attr("epsilon", 1e-5), like=x))))
+    xhat = ctx.mul(centered, inv)
+    g = ctx.mul(dy, ctx.x(1))
+    inner = ctx.op("Sub", ctx.op("Sub", g, mean(g)), ctx.mul(xhat, mean(ctx.mul(g, xhat))))
+    return [ctx.mul(inv, inner)]
+
+
+@rule("Gemm")
+def gemm(ctx):
+    # Y = alpha A' B' + beta C, A' = A^T if transA, B' = B^T if transB
+    a, b, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    grads = [None, None, None]
+    if ctx.needs(0):
+        # dA' = alpha dY B'^T
+        grads[0] = (ctx.op("Gemm", b, dy, alpha=alpha, transA=tb, transB=1) if ta
+                    else ctx.op("Gemm", dy, b, alpha=alpha, transB=0 if tb else 1))
+    if ctx.needs(1):
+        # dB' = alpha A'^T dY
+        grads[1] = (ctx.op("Gemm", dy, a, alpha=alpha, transA=1, transB=ta) if tb
+                    else ctx.op("Gemm", a, dy, alpha=alpha, transA=0 if ta else 1))
+    if ctx.needs(2):
+        grads[2] = ctx.unbroadcast(ctx.scale(dy, beta), ctx.x(2))
+    return grads
+
+
+def _swap_last(ctx, t, rank):
+    perm = list(range(rank))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    return ctx.op("Transpose", t, perm=perm)
+
+
+@rule("MatMul")
+def matmul(ctx):
+    # batched Y = A B (numpy matmul): dA = dY B^T, dB = A^T dY, each summed over broadcast batch dims
+    a, b, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    sa, sb, sy = ctx.shape(a), ctx.shape(b), ctx.shape(ctx.y())
+    if sa is None or sb is None or sy is None:
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: operand ranks unknown (shape inference failed)")
+    sy = tuple(sy)
+    if len(sa) == 1:  # (k,) -> (1, k); y loses the n axis
+        a, sa, dy, sy = ctx.unsqueeze(a, [0]), (1,) + tuple(sa), ctx.unsqueeze(dy, [-2]), sy[:-1] + (1,) + sy[-1:]
+    if len(sb) == 1:  # (k,) -> (k, 1); y loses the m axis
+        b, sb, dy, sy = ctx.unsqueeze(b, [-1]), tuple(sb) + (1,), ctx.unsqueeze(dy, [-1]), sy + (1,)
+    grads = [None, None]
+    if ctx.needs(0):
+        da = ctx.op("MatMul", dy, _swap_last(ctx, b, len(sb)))
+        da = ctx.sum_to(da, sy[:-2] + tuple(sa[-2:]), tuple(sa), ctx.x(0))
+        grads[0] = ctx.reshape_like(da, ctx.x(0)) if len(ctx.shape(ctx.x(0))) == 1 else da
+    if ctx.needs(1):
+        db = ctx.op("MatMul", _swap_last(ctx, a, len(sa)), dy)
+        db = ctx.sum_to(db, sy[:-2] + tuple(sb[-2:]), tuple(sb), ctx.x(1))
+        grads[1] = ctx.reshape_like(db, ctx.x(1)) if len(ctx.shape(ctx.x(1))) == 1 else db
+    return grads
+
+
+@rule("Softmax")
+def softmax(ctx):
+    y, dy = ctx.y(), ctx.dy()
+    axis = ctx.attr("axis", -1)
+    inner = ctx.reduce_sum(ctx.mul(dy, y), [axis], keepdims=1)
+    return [ctx.mul(y, ctx.op("Sub", dy, inner))]
+
+
+@rule("LogSoftmax")
+def log_softmax(ctx):
+    y, dy = ctx.y(), ctx.dy()
+    axis = ctx.attr("axis", -1)
+    total = ctx.reduce_sum(dy, [axis], keepdims=1)
+    return [ctx.op("Sub", dy, ctx.mul(ctx.op("Exp", y), total))]
+
+
+_RESIZE_PROBE_ATTRS = ("mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
+                       "extrapolation_value", "nearest_mode", "antialias")
+
+
+def resize_matrix(node: onnx.NodeProto, opset: int, size_in: int, size_out: int, scale: float | None) -> np.ndarray:
+    """(size_out, size_in) matrix M with y = M x along one axis, read off onnxruntime's own Resize on a basis."""
+    import onnxruntime as ort
+
+    attrs = [a for a in node.attribute if a.name in _RESIZE_PROBE_ATTRS]
+    basis = np.eye(size_in, dtype=np.float32).reshape(size_in, 1, 1, size_in)  # axis 0: which basis vector; axis 3 resized
+    inputs = ["x", ""]
+    inits = []
+    if scale is not None:
+        inputs.append("scales")
+        inits.append(numpy_helper.from_array(np.array([1.0, 1.0, 1.0, scale], dtype=np.float32), "scales"))
+    else:
+        inputs += ["", "sizes"]
+        inits.append(numpy_helper.from_array(np.array([size_in, 1, 1, size_out], dtype=np.int64), "sizes"))
+    resize = helper.make_node("Resize", inputs, ["y"])
+    resize.attribute.extend(attrs)
+    graph = helper.make_graph([resize], "probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, basis.shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 13))])
+    probe.ir_version = 8
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"x": basis})[0]  # (size_in, 1, 1, size_out): out[i, 0, 0, o] = M[o, i]
+    return out.reshape(size_in, size_out).T.astype(np.float64)
+
+
+@rule("Resize")
+def resize(ctx):
+    x, y = ctx.x(0), ctx.y()
+    if ctx.attr("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: tf_crop_and_resize is not supported")
+    xs, ys = ctx.static_shape(x, skip_batch=True), ctx.static_shape(y, skip_batch=True)
+    rank = len(xs)
+    axes = [a % rank for a in (ctx.attr("axes", None) or range(rank))]
+    scales = ctx.const(ctx.x(2)) if ctx.x(2) else None
+    scales = scales if scales is not None and scales.size else None
+    scale_of = {a: float(scales[i]) for i, a in enumerate(axes)} if scales is not None else {}
+    dx = ctx.dy()
+    for axis in range(rank):
+        if xs[axis] == ys[axis] and scale_of.get(axis, 1.0) == 1.0:
+            continue
+        if axis == 0:
+            raise UnsupportedOpError(f"{node_label(ctx.node)}: resizing the batch axis is not supported")
+        m = resize_matrix(ctx.node, ctx.opset, xs[axis], ys[axis], scale_of.get(axis))
+        if axis == rank - 1:
+            dx = ctx.op("MatMul", dx, ctx.constant(m, like=x))  # (..., out) @ (out, in)
+        elif axis == rank - 2:
+            dx = ctx.op("MatMul", ctx.constant(m.T, like=x), dx)  # (in, out) @ (..., out, W)
+        else:
+            perm = list(range(rank))
+            perm[axis], perm[-1] = perm[-1], perm[axis]
+            moved = ctx.op("MatMul", ctx.op("Transpose", dx, perm=perm), ctx.constant(m, like=x))
+            dx = ctx.op("Transpose", moved, perm=perm)
+    return [dx]

@@ -1,0 +1,185 @@
+"""Backward rules of data-movement ops: the transpose of a fixed linear map.
+
+Reshape-like ops reshape the gradient back; Transpose applies the inverse permutation; Concat splits
+and Split concatenates; Slice, Gather and Pad send each output element back to the input element it
+came from (scatter-add along an axis through a static index map, or Pad/Slice when the map is a
+contiguous range).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from ...errors import UnsupportedOpError
+from ...graph.utils import node_label
+from ..registry import rule
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(ctx):
+    return [ctx.reshape_like(ctx.dy(), ctx.x(0))]
+
+
+@rule("Transpose")
+def transpose(ctx):
+    perm = ctx.attr("perm", None)
+    if perm is None:
+        perm = list(reversed(range(ctx.rank(ctx.x()))))
+    return [ctx.op("Transpose", ctx.dy(), perm=[int(i) for i in np.argsort(perm)])]
+
+
+def _dim(ctx, name: str, axis: int) -> int:
+    shape = ctx.static_shape(name, skip_batch=True)
+    if shape[axis] is None:
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: acts on the batch axis, which has no static size")
+    return int(shape[axis])
+
+
+def scatter_along_axis(ctx, grad: str, axis: int, index: np.ndarray, size: int, like: str) -> str:
+    """dx with dx[.., index[j], ..] += grad[.., j, ..] along `axis`, and `size` there; `like` has dx's other dims."""
+    rank = ctx.rank(like)
+    shaped = [1] * rank
+    shaped[axis] = len(index)
+    idx = ctx.op("Expand", ctx.ints(np.asarray(index, dtype=np.int64).reshape(shaped)), ctx.op("Shape", grad))
+    parts = []
+    if axis > 0:
+        parts.append(ctx.op("Shape", grad, end=axis))
+    parts.append(ctx.ints([size]))
+    if axis < rank - 1:
+        parts.append(ctx.op("Shape", grad, start=axis + 1))
+    target = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=0)
+    zeros = ctx.op("ConstantOfShape", target, value=numpy_helper.from_array(np.zeros(1, dtype=ctx.np_dtype(like))))
+    return ctx.op("ScatterElements", zeros, idx, grad, axis=axis, reduction="add")
+
+
+def _pad_axis(ctx, grad: str, rank: int, axis: int, before: int, after: int) -> str:
+    pads = [0] * (2 * rank)
+    pads[axis], pads[rank + axis] = before, after
+    return ctx.op("Pad", grad, ctx.ints(pads))
+
+
+@rule("Slice")
+def slice_(ctx):
+    x = ctx.x(0)
+    rank = ctx.rank(x)
+    starts = ctx.require_const(ctx.x(1), "starts")
+    ends = ctx.require_const(ctx.x(2), "ends")
+    axes = ctx.const(ctx.x(3)) if ctx.x(3) else None
+    steps = ctx.const(ctx.x(4)) if ctx.x(4) else None
+    if (ctx.x(3) and axes is None) or (ctx.x(4) and steps is None):
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: its axes and steps must be constants to differentiate it")
+    axes = [int(a) % rank for a in (axes if axes is not None else range(len(starts)))]
+    steps = [int(s) for s in (steps if steps is not None else [1] * len(starts))]
+    dx = ctx.dy()
+    for axis, start, end, step in zip(axes, starts.tolist(), ends.tolist(), steps):
+        size = _dim(ctx, x, axis)
+        index = np.arange(size)[slice(int(start), int(end), step)]
+        if len(index) == 0:
+            return [ctx.zeros_like(x)]
+        if step == 1:
+            dx = _pad_axis(ctx, dx, rank, axis, int(index[0]), size - 1 - int(index[-1]))
+        else:
+            dx = scatter_along_axis(ctx, dx, axis, index, size, x)
+    return [dx]
+
+
+@rule("Gather")
+def gather(ctx):
+    data = ctx.x(0)
+    if ctx.needs(1):
+        return [None, None]
+    index = ctx.require_const(ctx.x(1), "indices")
+    rank = ctx.rank(data)
+    axis = ctx.attr("axis", 0) % rank
+    size = _dim(ctx, data, axis)
+    flat = np.asarray(index, dtype=np.int64).reshape(-1) % size
+    # dy: data[:axis] + indices.shape + data[axis+1:]  ->  data[:axis] + (len(flat),) + data[axis+1:]
+    parts = []
+    if axis > 0:
+        parts.append(ctx.op("Shape", data, end=axis))
+    parts.append(ctx.ints([len(flat)]))
+    if axis < rank - 1:
+        parts.append(ctx.op("Shape", data, start=axis + 1))
+    target = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=0)
+    dy = ctx.op("Reshape", ctx.dy(), target)
+    return [scatter_along_axis(ctx, dy, axis, flat, size, data), None]
+
+
+@rule("Concat")
+def concat(ctx):
+    y = ctx.y()
+    axis = ctx.attr("axis") % ctx.rank(y)
+    sizes = [_dim(ctx, x, axis) for x in ctx.node.input]
+    parts = ctx.op("Split", ctx.dy(), ctx.ints(sizes), outputs=len(sizes), axis=axis)
+    parts = [parts] if isinstance(parts, str) else parts
+    return [p if ctx.needs(i) else None for i, p in enumerate(parts)]
+
+
+@rule("Split")
+def split(ctx):
+    axis = ctx.attr("axis", 0) % ctx.rank(ctx.x())
+    pieces = [ctx.dy(i) if ctx.dy(i) is not None else ctx.zeros_like(out) for i, out in enumerate(ctx.node.output)]
+    return [ctx.op("Concat", *pieces, axis=axis) if len(pieces) > 1 else pieces[0]]
+
+
+@rule("Pad")
+def pad(ctx):
+    x = ctx.x(0)
+    rank = ctx.rank(x)
+    pads = ctx.require_const(ctx.x(1), "pads").astype(np.int64)
+    axes = ctx.const(ctx.x(3)) if len(ctx.node.input) > 3 and ctx.x(3) else None
+    axes = [int(a) % rank for a in (axes if axes is not None else range(rank))]
+    mode = ctx.attr("mode", "constant")
+    begins, ends = pads[: len(axes)], pads[len(axes):]
+    dx = ctx.dy()
+    for axis, b, e in zip(axes, begins.tolist(), ends.tolist()):
+        if b == 0 and e == 0:
+            continue
+        size = _dim(ctx, x, axis)
+        if mode == "constant":
+            # y = [max(b,0) fill] + x[max(-b,0) : size - max(-e,0)] + [max(e,0) fill]
+            kept = size - max(-b, 0) - max(-e, 0)
+            start = max(b, 0)
+            dx = ctx.op("Slice", dx, ctx.ints([start]), ctx.ints([start + kept]), ctx.ints([axis]))
+            if b < 0 or e < 0:
+                dx = _pad_axis(ctx, dx, rank, axis, max(-b, 0), max(-e, 0))
+        else:
+            if b < 0 or e < 0:
+                raise UnsupportedOpError(f"{node_label(ctx.node)}: negative pads with mode {mode} are not supported")
+            index = np.pad(np.arange(size), (b, e), mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+            dx = scatter_along_axis(ctx, dx, axis, index, size, x)
+    return [dx, None, None, None][: len(ctx.node.input)]
+
+
+@rule("Tile")
+def tile(ctx):
+    # y = tile(x, r): view dy as (r0, s0, r1, s1, ...) and sum over the r axes
+    x = ctx.x(0)
+    repeats = ctx.require_const(ctx.x(1), "repeats").astype(np.int64).tolist()
+    shape = ctx.shape(x)
+    view, summed = [], []
+    for r, s in zip(repeats, shape):
+        if r > 1:
+            if s is None:
+                raise UnsupportedOpError(f"{node_label(ctx.node)}: tiles the batch axis, which has no static size")
+            summed.append(len(view))
+            view += [r, s]
+        else:
+            view.append(-1 if s is None else s)
+    if not summed:
+        return [ctx.dy(), None]
+    grouped = ctx.op("Reshape", ctx.dy(), ctx.ints(view))
+    return [ctx.reduce_sum(grouped, summed, keepdims=0), None]
+
+
+@rule("DepthToSpace")
+def depth_to_space(ctx):
+    if ctx.attr("mode", "DCR") != "DCR":
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: DepthToSpace mode CRD is not supported")
+    return [ctx.op("SpaceToDepth", ctx.dy(), blocksize=ctx.attr("blocksize"))]
+
+
+@rule("SpaceToDepth")
+def space_to_depth(ctx):
+    return [ctx.op("DepthToSpace", ctx.dy(), blocksize=ctx.attr("blocksize"), mode="DCR")]

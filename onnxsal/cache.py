@@ -1,0 +1,96 @@
+"""Cache of augmented ONNX models: in the process, and on disk so a second CLI call skips the rewrite.
+
+Entries are keyed by the sha256 of the original model, the canonicalization inputs (input shape and
+names), the kind of model and its options, and the versions of onnxsal and onnx. Writes go to a
+temporary file in the cache directory and are renamed into place (atomic on POSIX and Windows), so
+concurrent writers never leave a torn entry; an entry that fails to parse is deleted and rebuilt.
+
+Location: $ONNXSAL_CACHE_DIR, else $XDG_CACHE_HOME/onnxsal, else ~/.cache/onnxsal.
+ONNXSAL_CACHE=0 turns the disk cache off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+_MEMORY: dict[str, tuple[onnx.ModelProto, str]] = {}
+
+
+def cache_dir() -> Path | None:
+    if os.environ.get("ONNXSAL_CACHE", "1") == "0":
+        return None
+    if os.environ.get("ONNXSAL_CACHE_DIR"):
+        return Path(os.environ["ONNXSAL_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "onnxsal"
+
+
+def entry_key(graph, kind: str, options) -> str:
+    from . import __version__
+
+    parts = [graph.sha256, repr(graph.input_shape), graph.input_name, graph.output_name, repr(graph.protected), kind,
+             repr(options),
+             __version__, onnx.__version__]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _read(directory: Path, key: str) -> tuple[onnx.ModelProto, str] | None:
+    model_path, meta_path = directory / f"{key}.onnx", directory / f"{key}.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        data = model_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise ValueError("checksum mismatch")
+        return onnx.load_from_string(data), meta["score"]
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a corrupt entry: drop it and rebuild
+        for p in (model_path, meta_path):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        return None
+
+
+def cached_model(graph, kind: str, options, build: Callable[[], tuple[onnx.ModelProto, str]]):
+    """(model, score name) from the process cache, the disk cache, or `build()` (then stored in both)."""
+    key = entry_key(graph, kind, options)
+    if key in _MEMORY:
+        return _MEMORY[key]
+    directory = cache_dir()
+    found = _read(directory, key) if directory is not None else None
+    if found is None:
+        found = build()
+        if directory is not None:
+            try:
+                data = found[0].SerializeToString()
+                atomic_write(directory / f"{key}.onnx", data)
+                meta = {"sha256": hashlib.sha256(data).hexdigest(), "score": found[1], "kind": kind}
+                atomic_write(directory / f"{key}.json", json.dumps(meta).encode())
+            except OSError:
+                pass  # a read-only or full cache directory only costs speed
+    _MEMORY[key] = found
+    return found

@@ -1,0 +1,189 @@
+"""Canonicalizers: graph-to-graph passes run before differentiation.
+
+Each pass takes a ModelProto that it may modify in place and returns it. Together they bring any
+exported classifier to one form: default-domain opset >= 17, no Identity/Dropout, BatchNormalization
+folded into the preceding Conv where the Conv feeds nothing else, a symbolic batch dimension "N"
+(with Reshape constants that baked in the export batch rewritten), and static spatial dimensions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, version_converter
+
+from ..errors import ModelError
+from .utils import attribute, constants, consumers, default_opset, infer_shapes, producers, tensor_types
+
+MIN_OPSET = 17
+BATCH_DIM = "N"
+
+
+def upgrade_opset(model: onnx.ModelProto, min_version: int = MIN_OPSET) -> onnx.ModelProto:
+    """Convert the default domain to opset `min_version` when the model is older (onnx version converter)."""
+    current = default_opset(model)
+    if current >= min_version:
+        return model
+    try:
+        upgraded = version_converter.convert_version(model, min_version)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"could not upgrade the model from opset {current} to {min_version} ({first_line}); "
+            f"re-export it with opset {min_version} or newer"
+        ) from None
+    return upgraded
+
+
+def _rewire(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def remove_identity_dropout(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop Identity and (inference) Dropout nodes; y = x, so consumers read x directly."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    keep = []
+    for node in graph.node:
+        passthrough = node.op_type == "Identity" or (
+            node.op_type == "Dropout" and (len(node.output) < 2 or not node.output[1])
+        )
+        if passthrough and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            _rewire(graph, node.output[0], node.input[0])
+            continue
+        keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return model
+
+
+def fold_batchnorm(model: onnx.ModelProto, protected: set[str] = frozenset()) -> onnx.ModelProto:
+    """Conv -> BatchNormalization into one Conv: W' = W * s, B' = (B - mean) * s + bias, s = scale / sqrt(var + eps).
+
+    Only where the Conv output feeds the BatchNormalization alone, is not a graph output or a protected
+    tensor (a layer the user selected), and all parameters are constants; other BatchNormalization
+    nodes stay and are differentiated by their own rule.
+    """
+    graph = model.graph
+    consts = constants(graph)
+    users = consumers(graph)
+    made = producers(graph)
+    outputs = {o.name for o in graph.output}
+    drop: set[int] = set()
+    new_inits = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != "BatchNormalization" or len([o for o in node.output if o]) != 1:
+            continue
+        if attribute(node, "training_mode", 0):
+            continue
+        conv = made.get(node.input[0])
+        if conv is None or conv.op_type != "Conv" or len(users.get(conv.output[0], [])) != 1:
+            continue
+        if conv.output[0] in outputs or conv.output[0] in protected:
+            continue
+        params = [consts.get(n) for n in node.input[1:5]]
+        weight = consts.get(conv.input[1])
+        bias = consts.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        if weight is None or any(p is None for p in params) or (len(conv.input) > 2 and conv.input[2] and bias is None):
+            continue
+        scale, shift, mean, var = (p.astype(np.float64) for p in params)
+        eps = attribute(node, "epsilon", 1e-5)
+        s = scale / np.sqrt(var + eps)
+        w = (weight.astype(np.float64) * s.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(weight.dtype)
+        b0 = bias.astype(np.float64) if bias is not None else np.zeros_like(s)
+        b = ((b0 - mean) * s + shift).astype(weight.dtype)
+        w_name, b_name = f"{conv.output[0]}/folded_W", f"{conv.output[0]}/folded_B"
+        new_inits += [numpy_helper.from_array(w, w_name), numpy_helper.from_array(b, b_name)]
+        data = conv.input[0]
+        del conv.input[:]
+        conv.input.extend([data, w_name, b_name])
+        conv.output[0] = node.output[0]
+        drop.add(index)
+    if drop:
+        keep = [n for i, n in enumerate(graph.node) if i not in drop]
+        del graph.node[:]
+        graph.node.extend(keep)
+        graph.initializer.extend(new_inits)
+    return model
+
+
+def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+    """Give the image input a symbolic batch dimension and rewrite Reshape shapes that baked in the export batch.
+
+    A Reshape whose constant target shape starts with the export batch b, applied to a tensor whose first
+    dimension has become symbolic, gets 0 there (copy the input's dim; -1 when allowzero=1). Repeats until
+    no Reshape changes, since one rewrite can make the next tensor symbolic. Whether the result truly
+    runs with another batch is checked at run time (runtime.check_batching).
+    """
+    graph = model.graph
+    inp = next(i for i in graph.input if i.name == input_name)
+    dim0 = inp.type.tensor_type.shape.dim[0]
+    if not dim0.HasField("dim_value"):
+        dim0.dim_param = BATCH_DIM
+        return model
+    batch = dim0.dim_value
+    dim0.Clear()
+    dim0.dim_param = BATCH_DIM
+    for out in graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
+            dims[0].Clear()
+            dims[0].dim_param = BATCH_DIM
+    del graph.value_info[:]
+    for _ in range(len(graph.node) + 1):
+        inferred = infer_shapes(model)
+        _, shapes = tensor_types(inferred)
+        consts = constants(graph)
+        inits = {init.name: init for init in graph.initializer}
+        changed = False
+        for node in graph.node:
+            if node.op_type != "Reshape" or len(node.input) < 2:
+                continue
+            target = consts.get(node.input[1])
+            data_shape = shapes.get(node.input[0])
+            if target is None or target.ndim != 1 or len(target) == 0 or int(target[0]) != batch:
+                continue
+            if not data_shape or data_shape[0] is not None:
+                continue
+            new = target.astype(np.int64).copy()
+            if attribute(node, "allowzero", 0):
+                if (new == -1).any():
+                    continue
+                new[0] = -1
+            else:
+                new[0] = 0
+            name = f"{node.input[1]}/dynamic_batch"
+            if name not in inits:
+                graph.initializer.append(numpy_helper.from_array(new, name))
+                inits[name] = graph.initializer[-1]
+            node.input[1] = name
+            changed = True
+        if not changed:
+            break
+    return model
+
+
+def set_static_spatial(model: onnx.ModelProto, input_name: str, shape: tuple | None) -> onnx.ModelProto:
+    """Fix every non-batch input dimension to a number (from the model, else from `shape`)."""
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    dims = inp.type.tensor_type.shape.dim
+    for axis in range(1, len(dims)):
+        if dims[axis].HasField("dim_value") and dims[axis].dim_value > 0:
+            if shape is not None and shape[axis] not in (None, dims[axis].dim_value):
+                raise ModelError(
+                    f'input "{input_name}" has size {dims[axis].dim_value} on axis {axis}, '
+                    f"not {shape[axis]}: resize the image to the model's input size"
+                )
+            continue
+        if shape is None or shape[axis] is None:
+            raise ModelError(
+                f'input "{input_name}" has a dynamic size on axis {axis}; give the input size '
+                "(input_shape=... in Python, --size on the command line)"
+            )
+        dims[axis].Clear()
+        dims[axis].dim_value = int(shape[axis])
+    return model

@@ -1,0 +1,208 @@
+"""ONNX Runtime sessions over augmented graphs, in batches.
+
+Engine(graph) owns the sessions of one canonical model: a forward session (score and, optionally,
+layer activations) and gradient sessions keyed by (layers, rule set, target kind, input gradient).
+Inputs larger than the batch size run in chunks; a model that cannot take a batch runs one sample at
+a time. Sessions are cached per process (and augmented graphs on disk, see cache.py).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError, OnnxsalError
+from .graph.model import ModelGraph
+
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations a batch may hold (forward + backward)
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def default_providers() -> list[str]:
+    """CUDA first when onnxruntime-gpu is installed and sees a GPU, CPU always last."""
+    available = available_providers()
+    chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
+    return chosen + ["CPUExecutionProvider"]
+
+
+def session_options():
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    threads = os.environ.get("ONNXSAL_THREADS")
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    return opts
+
+
+def make_session(model_bytes: bytes, providers: Sequence[str] | None):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(model_bytes, session_options(), providers=list(providers or default_providers()))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxsalError(f"onnxruntime cannot run the model: {line}") from None
+
+
+def activation_bytes_per_sample(graph: ModelGraph) -> int:
+    """Bytes of one sample's share of every batch-dependent tensor (shape (N, ...), from the inferred shapes)."""
+    total = 0
+    for shape in graph.shapes.values():
+        if shape and shape[0] is None and all(d is not None for d in shape[1:]):
+            total += 4 * int(np.prod(shape[1:], dtype=np.int64))
+    return max(total, 1)
+
+
+def default_batch_size(graph: ModelGraph, budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Samples per run so that forward and backward activations (~3x the forward's) fit in `budget`."""
+    if graph.batchable is False:
+        return 1
+    per_sample = 3 * activation_bytes_per_sample(graph)
+    return int(max(1, min(64, budget // per_sample)))
+
+
+@dataclass
+class GradientOutputs:
+    """Results of one gradient run over a batch (numpy, float32)."""
+
+    scores: np.ndarray  # (N, K...) the explained score tensor
+    input_grad: np.ndarray | None
+    activations: dict = field(default_factory=dict)  # layer -> (N, ...)
+    layer_grads: dict = field(default_factory=dict)  # layer -> (N, ...)
+
+
+class _Runner:
+    def __init__(self, graph: ModelGraph, model, providers):
+        self.graph = graph
+        self.session = make_session(model.SerializeToString(), providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, outputs: list[str], feeds: dict) -> list[np.ndarray]:
+        try:
+            return self.session.run(outputs, feeds)
+        except Exception as exc:  # noqa: BLE001
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OnnxsalError(f"onnxruntime failed while running the model: {line}") from None
+
+
+class Engine:
+    """Sessions of one canonical model, run in batches."""
+
+    def __init__(self, graph: ModelGraph, providers: Sequence[str] | None = None, batch_size: int | None = None):
+        self.graph = graph
+        self.providers = list(providers) if providers else default_providers()
+        self._forward: dict = {}
+        self._gradient: dict = {}
+        if graph.batchable is None:
+            check_batching(self)
+        self.batch_size = 1 if not graph.batchable else (batch_size or default_batch_size(graph))
+
+    # -- sessions
+    def forward_runner(self, target_kind: str = "logit", layers: Sequence[str] = ()) -> tuple[_Runner, str]:
+        key = (target_kind, tuple(layers))
+        if key not in self._forward:
+            from .autodiff.augment import forward_model
+            from .cache import cached_model
+
+            model, score = cached_model(self.graph, "forward", key, lambda: forward_model(self.graph, target_kind, layers))
+            self._forward[key] = (_Runner(self.graph, model, self.providers), score)
+        return self._forward[key]
+
+    def gradient_runner(self, layers: Sequence[str], ruleset: str, target_kind: str, input_grad: bool) -> tuple[_Runner, str]:
+        key = (tuple(layers), ruleset, target_kind, input_grad)
+        if key not in self._gradient:
+            from .autodiff.augment import gradient_model
+            from .cache import cached_model
+
+            model, score = cached_model(
+                self.graph, "gradient", key, lambda: gradient_model(self.graph, layers, ruleset, target_kind, input_grad)
+            )
+            self._gradient[key] = (_Runner(self.graph, model, self.providers), score)
+        return self._gradient[key]
+
+    # -- running
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        expected = self.graph.input_shape
+        if x.ndim != len(expected) or any(e is not None and e != d for e, d in zip(expected[1:], x.shape[1:])):
+            want = "x".join("N" if d is None else str(d) for d in expected)
+            raise InputError(f"input batch has shape {x.shape}, the model expects {want}")
+        from onnx import helper
+
+        return np.ascontiguousarray(x, dtype=helper.tensor_dtype_to_np_dtype(self.graph.input_dtype))
+
+    def chunks(self, n: int, batch_size: int | None = None):
+        size = max(1, batch_size or self.batch_size)
+        if not self.graph.batchable:
+            size = 1
+        for start in range(0, n, size):
+            yield slice(start, min(n, start + size))
+
+    def forward(self, x: np.ndarray, target_kind: str = "logit", layers: Sequence[str] = (),
+                batch_size: int | None = None) -> tuple[np.ndarray, dict]:
+        """(scores, {layer: activations}) for a batch."""
+        x = self._check_input(x)
+        runner, score = self.forward_runner(target_kind, layers)
+        outs, acts = [], {layer: [] for layer in layers}
+        for sl in self.chunks(len(x), batch_size):
+            values = runner.run([score, *layers], {self.graph.input_name: x[sl]})
+            outs.append(values[0])
+            for layer, value in zip(layers, values[1:]):
+                acts[layer].append(value)
+        return np.concatenate(outs), {k: np.concatenate(v) for k, v in acts.items()}
+
+    def gradients(self, x: np.ndarray, seed: np.ndarray, layers: Sequence[str] = (), ruleset: str = "gradient",
+                  target_kind: str = "logit", input_grad: bool = True) -> GradientOutputs:
+        """Scores, d sum(seed*score)/dx and the layers' activations and gradients, for one batch (chunked as needed)."""
+        x = self._check_input(x)
+        runner, score = self.gradient_runner(layers, ruleset, target_kind, input_grad)
+        seed_name = runner.input_names[-1]
+        names = [score] + ([f"{self.graph.input_name}_grad"] if input_grad else [])
+        for layer in layers:
+            names += [layer, f"{layer}_grad"]
+        parts: list[list] = [[] for _ in names]
+        seed = np.asarray(seed, dtype=x.dtype)
+        for sl in self.chunks(len(x)):
+            values = runner.run(names, {self.graph.input_name: x[sl], seed_name: seed[sl]})
+            for store, value in zip(parts, values):
+                store.append(value)
+        joined = [np.concatenate(p) for p in parts]
+        out = GradientOutputs(scores=joined[0], input_grad=joined[1] if input_grad else None)
+        rest = joined[2:] if input_grad else joined[1:]
+        for i, layer in enumerate(layers):
+            out.activations[layer] = rest[2 * i]
+            out.layer_grads[layer] = rest[2 * i + 1]
+        return out
+
+
+def check_batching(engine: Engine) -> None:
+    """Decide graph.batchable: does a batch of 2 give the same scores as two runs of 1?"""
+    graph = engine.graph
+    runner, score = engine.forward_runner()
+    shape = tuple(2 if d is None else d for d in graph.input_shape)
+    from onnx import helper
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(helper.tensor_dtype_to_np_dtype(graph.input_dtype))
+    try:
+        both = runner.session.run([score], {graph.input_name: x})[0]
+        single = np.concatenate([runner.session.run([score], {graph.input_name: x[i:i + 1]})[0] for i in range(2)])
+        ok = both.shape == single.shape and np.allclose(both, single, rtol=1e-3, atol=1e-4 * (np.abs(single).max() + 1))
+    except Exception:  # noqa: BLE001 - any failure with batch 2 means: not batchable
+        ok = False
+    graph.batchable = bool(ok)
+    if not ok:
+        message = "the model does not run with a batch larger than 1; running one sample at a time"
+        graph.notes.append(message)
+        warnings.warn(message, stacklevel=3)

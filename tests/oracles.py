@@ -1,0 +1,213 @@
+"""Oracles shared by the tests: directional finite differences, onnxruntime-training, comparisons.
+
+fd_check: for random cotangent s and direction v,  <grad f(x), v> ~ (f(x + eps v) - f(x - eps v)) / 2 eps
+with f(x) = sum(s * y(x)); run in float64 when onnxruntime has every kernel in float64, else float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from onnxsal.autodiff import build_gradient_model
+from onnxsal.graph.utils import infer_shapes
+
+OPSET = 17
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class Case:
+    """A small graph to differentiate: nodes, active inputs (graph inputs) and constant initializers."""
+
+    id: str
+    nodes: list
+    inputs: dict  # name -> np.ndarray (float64 values; cast to the test dtype)
+    consts: dict = field(default_factory=dict)  # name -> np.ndarray (float arrays follow the test dtype)
+    output: str = "y"
+    opset: int = OPSET
+    rtol32: float = 2e-3
+    dtypes: tuple = (np.float64, np.float32)  # tried in order: the first whose kernels onnxruntime has
+
+    @property
+    def op_types(self) -> set[str]:
+        return {n.op_type for n in self.nodes}
+
+
+def _elem(dtype) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def make_model(case: Case, dtype) -> onnx.ModelProto:
+    inits = []
+    for name, value in case.consts.items():
+        value = np.asarray(value)
+        if value.dtype == np.float64:  # float64 constants follow the test dtype; float32 ones (Resize scales) stay
+            value = value.astype(dtype)
+        inits.append(numpy_helper.from_array(value, name))
+    inputs = [helper.make_tensor_value_info(k, _elem(dtype), np.shape(v)) for k, v in case.inputs.items()]
+    graph = helper.make_graph(case.nodes, case.id, inputs, [], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
+    model.ir_version = 8
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    out = next(vi for vi in model.graph.value_info if vi.name == case.output)
+    model.graph.output.append(out)
+    onnx.checker.check_model(model)
+    return infer_shapes(model)
+
+
+def gradients(model: onnx.ModelProto, output: str, wrt, feeds: dict, seed: np.ndarray, ruleset="gradient"):
+    aug = build_gradient_model(model, output, list(wrt), ruleset=ruleset)
+    onnx.checker.check_model(aug)
+    sess = session(aug)
+    return sess.run([f"{t}_grad" for t in wrt], {**feeds, "seed": seed}), aug
+
+
+def fd_check(case: Case, directions: int = 3, seed: int = 0) -> dict:
+    """Directional finite-difference check of every active input of `case`; returns figures, raises on mismatch."""
+    last_error = None
+    for dtype in case.dtypes:
+        try:
+            model = make_model(case, dtype)
+            fwd = session(model)
+            feeds = {k: np.asarray(v, dtype=dtype) for k, v in case.inputs.items()}
+            y = fwd.run([case.output], feeds)[0]
+            rng = np.random.default_rng(seed)
+            cot = rng.standard_normal(y.shape).astype(dtype)
+            grads, _ = gradients(model, case.output, list(case.inputs), feeds, cot)
+        except (ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+                ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+            if dtype is np.float32:
+                raise
+            last_error = exc
+            continue
+        break
+    else:  # pragma: no cover
+        raise last_error
+    eps = 1e-6 if dtype is np.float64 else 1e-2
+    rtol = 1e-6 if dtype is np.float64 else case.rtol32
+    worst = 0.0
+    for _ in range(directions):
+        v = {k: rng.standard_normal(np.shape(x)) for k, x in case.inputs.items()}
+
+        def f(t):
+            moved = {k: np.asarray(case.inputs[k] + t * v[k], dtype=dtype) for k in case.inputs}
+            return float(np.sum(cot.astype(np.float64) * fwd.run([case.output], moved)[0].astype(np.float64)))
+
+        def central(h):
+            return (f(h) - f(-h)) / (2 * h)
+
+        # float64: plain central difference; float32: Richardson extrapolation, truncation O(eps^4)
+        fd = central(eps) if dtype is np.float64 else (4 * central(eps / 2) - central(eps)) / 3
+        analytic = sum(float(np.sum(g.astype(np.float64) * v[k])) for g, k in zip(grads, case.inputs))
+        scale = sum(float(np.linalg.norm(g) * np.linalg.norm(v[k])) for g, k in zip(grads, case.inputs)) + 1e-12
+        err = abs(fd - analytic) / max(abs(analytic), scale * 1e-2)
+        worst = max(worst, err)
+        assert abs(fd - analytic) <= rtol * max(abs(analytic), scale * 1e-2) + 1e-12, (
+            f"{case.id} ({np.dtype(dtype).name}): directional derivative {analytic:.9g} vs finite difference {fd:.9g}"
+        )
+    return {"dtype": np.dtype(dtype).name, "rel_err": worst}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |b|: relative to the reference's largest magnitude."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
+
+
+# -- onnxruntime-training's GradientGraphBuilder, in its own virtual environment ------------------------
+
+ORTT_PYTHON_ENV = "ONNXSAL_ORTT_PYTHON"
+ORTT_SCRIPT = Path(__file__).with_name("ortt_gradients.py")
+
+
+def ortt_python() -> str | None:
+    path = os.environ.get(ORTT_PYTHON_ENV)
+    if path and Path(path).exists():
+        return path
+    for candidate in (Path(__file__).parents[1] / ".venv-ortt/bin/python", Path("/work/venv-ortt/bin/python")):
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def ortt_gradients(model: onnx.ModelProto, input_name: str, output: str, layers, x: np.ndarray, seed: np.ndarray, tmp: Path):
+    """Gradients of sum(seed * output) w.r.t. the input and each layer tensor, by onnxruntime-training.
+
+    Layer gradients: each layer tensor A is rewired as A + delta_A, delta_A a new zero-valued graph input,
+    so d/d delta_A is the gradient at A.
+    """
+    python = ortt_python()
+    if python is None:
+        raise RuntimeError(f"onnxruntime-training venv not found: set {ORTT_PYTHON_ENV} (see .ci/run)")
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    g = m.graph
+    elem = next(i for i in g.input if i.name == input_name).type.tensor_type.elem_type
+    deltas = {}
+    for layer in layers:
+        delta, moved = f"{layer}__delta", f"{layer}__moved"
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name == layer:
+                    node.input[i] = moved
+        g.node.append(helper.make_node("Add", [layer, delta], [moved]))
+        g.input.append(helper.make_tensor_value_info(delta, elem, None))
+        deltas[layer] = delta
+    g.input.append(helper.make_tensor_value_info("ortt_seed", elem, None))
+    g.node.extend([
+        helper.make_node("Mul", [output, "ortt_seed"], ["ortt_weighted"]),
+        helper.make_node("ReduceSum", ["ortt_weighted"], ["ortt_loss"], keepdims=0),
+    ])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("ortt_loss", elem, []))
+    for layer in layers:
+        g.output.append(helper.make_tensor_value_info(layer, elem, None))
+    # onnxruntime-training 1.19 reads IR <= 10 and opset <= 21
+    m.ir_version = min(m.ir_version, 9)
+    m = onnx.shape_inference.infer_shapes(m)
+    model_path, feeds_path, out_path = tmp / "ortt_model.onnx", tmp / "ortt_feeds.npz", tmp / "ortt_out.npz"
+    onnx.save(m, model_path)
+    feeds = {input_name: x, "ortt_seed": seed}
+    # the zero perturbations need the layer shapes: run the forward once in this process to get them
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    for layer in layers:
+        probe.graph.output.append(helper.make_tensor_value_info(layer, elem, None))
+    acts = session(probe).run(list(layers), {input_name: x}) if layers else []
+    for layer, a in zip(layers, acts):
+        feeds[deltas[layer]] = np.zeros_like(a)
+    np.savez(feeds_path, **feeds)
+    spec = {"model": str(model_path), "feeds": str(feeds_path), "out": str(out_path),
+            "wrt": [input_name] + [deltas[layer] for layer in layers], "loss": "ortt_loss"}
+    proc = subprocess.run([python, str(ORTT_SCRIPT), json.dumps(spec)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"onnxruntime-training failed:\n{proc.stderr[-3000:]}")
+    out = np.load(out_path)
+    return out[f"{input_name}_grad"], [out[f"{deltas[layer]}_grad"] for layer in layers]
+
+
+def python_has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+__all__ = ["Case", "fd_check", "gradients", "session", "cosine", "max_rel_err", "ortt_gradients", "ortt_python", "sys"]
