@@ -1,7 +1,7 @@
 """Cache of augmented ONNX models: in the process, and on disk so a second CLI call skips the rewrite.
 
 Entries are keyed by the sha256 of the original model, the canonicalization inputs (input shape and
-names), the kind of model and its options, and the versions of onnxsal and onnx. Writes go to a
+names), the kind of model and its options, a digest of onnxsal's sources and onnx's version. Writes go to a
 temporary file in the cache directory and are renamed into place (atomic on POSIX and Windows), so
 concurrent writers never leave a torn entry; an entry that fails to parse is deleted and rebuilt.
 
@@ -32,12 +32,25 @@ def cache_dir() -> Path | None:
     return Path(base) / "onnxsal"
 
 
-def entry_key(graph, kind: str, options) -> str:
-    from . import __version__
+_CODE_DIGEST: str | None = None
 
+
+def code_digest() -> str:
+    """sha256 over onnxsal's own source files: entries made by other code (an upgrade, an edit) never match."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        h = hashlib.sha256()
+        root = Path(__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+        _CODE_DIGEST = h.hexdigest()
+    return _CODE_DIGEST
+
+
+def entry_key(graph, kind: str, options) -> str:
     parts = [graph.sha256, repr(graph.input_shape), graph.input_name, graph.output_name, repr(graph.protected), kind,
-             repr(options),
-             __version__, onnx.__version__]
+             repr(options), code_digest(), onnx.__version__]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 

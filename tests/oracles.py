@@ -150,6 +150,78 @@ def ortt_python() -> str | None:
     return None
 
 
+def ortt_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same function in ops onnxruntime-training 1.19 has gradient builders for.
+
+    HardSwish(x) -> x * HardSigmoid(x; 1/6, 1/2); HardSigmoid -> clip(alpha x + beta, 0, 1); inference
+    BatchNormalization -> x * a + b with a = scale / sqrt(var + eps), b = B - mean * a; LayerNormalization ->
+    its definition in ReduceMean, Sub, Mul, Sqrt, Div, Add.
+    """
+    from onnxsal.graph.utils import attribute, constants
+
+    m = onnx.shape_inference.infer_shapes(onnx.ModelProto.FromString(model.SerializeToString()))
+    g = m.graph
+    consts = constants(g)
+    opset = next(i.version for i in m.opset_import if i.domain in ("", "ai.onnx"))
+    nodes = []
+    for k, node in enumerate(g.node):
+        if node.op_type == "HardSwish":
+            o = node.output[0]
+            g.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), f"{o}__{k}") for k, v in
+                                  (("alpha", 1 / 6), ("beta", 0.5), ("lo", 0.0), ("hi", 1.0))])
+            nodes += [helper.make_node("Mul", [node.input[0], f"{o}__alpha"], [f"{o}__ax"]),
+                      helper.make_node("Add", [f"{o}__ax", f"{o}__beta"], [f"{o}__z"]),
+                      helper.make_node("Clip", [f"{o}__z", f"{o}__lo", f"{o}__hi"], [f"{o}__gate"]),
+                      helper.make_node("Mul", [node.input[0], f"{o}__gate"], [o])]
+        elif node.op_type == "BatchNormalization" and all(n in consts for n in node.input[1:5]):
+            scale, bias, mean, var = (consts[n].astype(np.float64) for n in node.input[1:5])
+            a = scale / np.sqrt(var + attribute(node, "epsilon", 1e-5))
+            b = bias - mean * a
+            shape = (-1, 1, 1)
+            an, bn = f"{node.output[0]}__a", f"{node.output[0]}__b"
+            g.initializer.extend([numpy_helper.from_array(a.reshape(shape).astype(np.float32), an),
+                                  numpy_helper.from_array(b.reshape(shape).astype(np.float32), bn)])
+            nodes += [helper.make_node("Mul", [node.input[0], an], [f"{node.output[0]}__ax"]),
+                      helper.make_node("Add", [f"{node.output[0]}__ax", bn], [node.output[0]])]
+        elif node.op_type == "HardSigmoid":
+            # clip(alpha x + beta, 0, 1)
+            o = node.output[0]
+            g.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), f"{o}__{k}") for k, v in
+                                  (("alpha", attribute(node, "alpha", 0.2)), ("beta", attribute(node, "beta", 0.5)),
+                                   ("lo", 0.0), ("hi", 1.0))])
+            nodes += [helper.make_node("Mul", [node.input[0], f"{o}__alpha"], [f"{o}__ax"]),
+                      helper.make_node("Add", [f"{o}__ax", f"{o}__beta"], [f"{o}__z"]),
+                      helper.make_node("Clip", [f"{o}__z", f"{o}__lo", f"{o}__hi"], [o])]
+        elif node.op_type == "LayerNormalization":
+            # (x - mean) / sqrt(var + eps) * scale + bias over axes [axis, rank)
+            o, x = node.output[0], node.input[0]
+            rank = len(next(vi for vi in list(g.value_info) + list(g.input) if vi.name == x).type.tensor_type.shape.dim) \
+                if any(vi.name == x for vi in list(g.value_info) + list(g.input)) else 3
+            axes = list(range(attribute(node, "axis", -1) % rank, rank))
+            g.initializer.append(numpy_helper.from_array(np.array(attribute(node, "epsilon", 1e-5), np.float32), f"{o}__eps"))
+            g.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), f"{o}__axes"))
+
+            def mean(src, dst):
+                return helper.make_node("ReduceMean", [src, f"{o}__axes"], [dst]) if opset >= 18 else \
+                    helper.make_node("ReduceMean", [src], [dst], axes=axes)
+
+            nodes += [mean(x, f"{o}__mu"), helper.make_node("Sub", [x, f"{o}__mu"], [f"{o}__c"]),
+                      helper.make_node("Mul", [f"{o}__c", f"{o}__c"], [f"{o}__c2"]), mean(f"{o}__c2", f"{o}__var"),
+                      helper.make_node("Add", [f"{o}__var", f"{o}__eps"], [f"{o}__ve"]),
+                      helper.make_node("Sqrt", [f"{o}__ve"], [f"{o}__sd"]),
+                      helper.make_node("Div", [f"{o}__c", f"{o}__sd"], [f"{o}__n"])]
+            if len(node.input) > 2 and node.input[2]:
+                nodes += [helper.make_node("Mul", [f"{o}__n", node.input[1]], [f"{o}__s"]),
+                          helper.make_node("Add", [f"{o}__s", node.input[2]], [o])]
+            else:
+                nodes.append(helper.make_node("Mul", [f"{o}__n", node.input[1]], [o]))
+        else:
+            nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return m
+
+
 def ortt_gradients(model: onnx.ModelProto, input_name: str, output: str, layers, x: np.ndarray, seed: np.ndarray, tmp: Path):
     """Gradients of sum(seed * output) w.r.t. the input and each layer tensor, by onnxruntime-training.
 
@@ -159,7 +231,7 @@ def ortt_gradients(model: onnx.ModelProto, input_name: str, output: str, layers,
     python = ortt_python()
     if python is None:
         raise RuntimeError(f"onnxruntime-training venv not found: set {ORTT_PYTHON_ENV} (see .ci/run)")
-    m = onnx.ModelProto.FromString(model.SerializeToString())
+    m = ortt_compatible(model)
     g = m.graph
     elem = next(i for i in g.input if i.name == input_name).type.tensor_type.elem_type
     deltas = {}

@@ -111,20 +111,14 @@ def fold_batchnorm(model: onnx.ModelProto, protected: set[str] = frozenset()) ->
     return model
 
 
-def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
-    """Give the image input a symbolic batch dimension and rewrite Reshape shapes that baked in the export batch.
-
-    A Reshape whose constant target shape starts with the export batch b, applied to a tensor whose first
-    dimension has become symbolic, gets 0 there (copy the input's dim; -1 when allowzero=1). Repeats until
-    no Reshape changes, since one rewrite can make the next tensor symbolic. Whether the result truly
-    runs with another batch is checked at run time (runtime.check_batching).
-    """
+def make_batch_symbolic(model: onnx.ModelProto, input_name: str) -> int | None:
+    """Give the image input (and outputs of the same batch) a symbolic batch "N"; returns the export batch, if fixed."""
     graph = model.graph
     inp = next(i for i in graph.input if i.name == input_name)
     dim0 = inp.type.tensor_type.shape.dim[0]
     if not dim0.HasField("dim_value"):
         dim0.dim_param = BATCH_DIM
-        return model
+        return None
     batch = dim0.dim_value
     dim0.Clear()
     dim0.dim_param = BATCH_DIM
@@ -134,11 +128,25 @@ def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> onnx.ModelPro
             dims[0].Clear()
             dims[0].dim_param = BATCH_DIM
     del graph.value_info[:]
+    return batch
+
+
+def rewrite_batch_reshapes(model: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
+    """Rewrite Reshape target shapes that baked in the export batch.
+
+    A Reshape whose constant target shape starts with the export batch b, applied to a tensor whose first
+    dimension is symbolic, gets 0 there (copy the input's dim; -1 when allowzero=1). Repeats until no
+    Reshape changes, since one rewrite can make the next tensor symbolic. Whether the result truly runs
+    with another batch is checked at run time (runtime.check_batching).
+    """
+    if batch is None:
+        return model
+    graph = model.graph
     for _ in range(len(graph.node) + 1):
-        inferred = infer_shapes(model)
-        _, shapes = tensor_types(inferred)
+        del graph.value_info[:]
+        _, shapes = tensor_types(infer_shapes(model))
         consts = constants(graph)
-        inits = {init.name: init for init in graph.initializer}
+        inits = {init.name for init in graph.initializer}
         changed = False
         for node in graph.node:
             if node.op_type != "Reshape" or len(node.input) < 2:
@@ -151,15 +159,20 @@ def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> onnx.ModelPro
                 continue
             new = target.astype(np.int64).copy()
             if attribute(node, "allowzero", 0):
-                if (new == -1).any():
-                    continue
+                # 0 would be a literal zero: make the batch the one -1, resolving an existing -1 first
+                if (new[1:] == -1).any():
+                    if any(d is None for d in data_shape[1:]) or (new[1:] == 0).any():
+                        continue
+                    rest = int(np.prod(data_shape[1:]))
+                    known = int(np.prod([d for d in new[1:] if d != -1]))
+                    new[1:][new[1:] == -1] = rest // known
                 new[0] = -1
             else:
                 new[0] = 0
             name = f"{node.input[1]}/dynamic_batch"
             if name not in inits:
                 graph.initializer.append(numpy_helper.from_array(new, name))
-                inits[name] = graph.initializer[-1]
+                inits.add(name)
             node.input[1] = name
             changed = True
         if not changed:
@@ -186,4 +199,105 @@ def set_static_spatial(model: onnx.ModelProto, input_name: str, shape: tuple | N
             )
         dims[axis].Clear()
         dims[axis].dim_value = int(shape[axis])
+    return model
+
+
+def _needed_for(graph: onnx.GraphProto, targets: set[str]) -> list[onnx.NodeProto]:
+    needed, keep = set(targets), []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    return list(reversed(keep))
+
+
+def fold_constants(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+    """Replace shape arithmetic and input-independent subgraphs by initializers.
+
+    Exporters compute slice bounds, split sizes and reshape targets from Shape(x) at run time. With all
+    dims static but the batch, such an integer tensor either never changes or follows the batch size.
+    Both are evaluated by onnxruntime at batch 2 and 3 (random inputs); integer and bool tensors equal in
+    both runs, and every tensor that does not depend on the input at all, become initializers. If the
+    model cannot run with batch 2 (a batch baked in somewhere), two batch-1 runs with different inputs
+    decide instead: the model then runs one sample at a time anyway.
+    """
+    import onnxruntime as ort
+
+    graph = model.graph
+    dtypes, _ = tensor_types(infer_shapes(model))
+    live = {input_name}
+    for node in graph.node:
+        if any(i in live for i in node.input):
+            live.update(o for o in node.output if o)
+    already = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    users = consumers(graph)
+    candidates = []
+    for node in graph.node:
+        if node.op_type == "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for out in node.output:
+            if not out or out in already or out not in users:
+                continue
+            integral = dtypes.get(out) in (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
+            if out not in live or integral:
+                candidates.append(out)
+    if not candidates:
+        return model
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.node[:]
+    probe.graph.node.extend(_needed_for(graph, set(candidates)))
+    del probe.graph.output[:]
+    for name in candidates:
+        probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    del probe.graph.value_info[:]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - folding is an optimisation of the graph, never a requirement
+        return model
+    inp = next(i for i in graph.input if i.name == input_name)
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    np_type = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    rng = np.random.default_rng(0)
+    needs_input = input_name in {i.name for i in sess.get_inputs()}
+
+    def run(batch):
+        feeds = {input_name: rng.standard_normal([batch] + dims[1:]).astype(np_type)} if needs_input else {}
+        return sess.run(candidates, feeds)
+
+    try:
+        first, second = run(2), run(3)
+    except Exception:  # noqa: BLE001
+        try:
+            first, second = run(1), run(1)
+        except Exception:  # noqa: BLE001
+            return model
+    folded = {}
+    for name, a, b in zip(candidates, first, second):
+        if name not in live or (a.shape == b.shape and np.array_equal(a, b)):
+            folded[name] = a
+    if not folded:
+        return model
+    for name, value in folded.items():
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"{name}/folded"))
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in folded:
+                node.input[i] = f"{name}/folded"
+    return remove_dead_nodes(model)
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop nodes none of whose outputs reach a graph output, and unused initializers."""
+    graph = model.graph
+    keep = _needed_for(graph, {o.name for o in graph.output})
+    del graph.node[:]
+    graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
     return model

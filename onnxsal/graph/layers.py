@@ -30,7 +30,7 @@ class Layer:
     node: str
     op_type: str
     shape: tuple
-    layout: str  # "NCHW" | "NHWC"
+    layout: str | None  # "NCHW" | "NHWC" | None: not derived from a channel-first op (treated as NCHW)
 
     @property
     def channel_axis(self) -> int:
@@ -46,7 +46,7 @@ class Layer:
 
     def describe(self) -> str:
         dims = "x".join("N" if d is None else str(d) for d in self.shape)
-        return f"{self.tensor}  [{dims} {self.layout}]  ({self.op_type} {self.node})"
+        return f"{self.tensor}  [{dims} {self.layout or 'layout unknown'}]  ({self.op_type} {self.node})"
 
 
 def _layouts(graph: ModelGraph) -> dict[str, str]:
@@ -104,7 +104,7 @@ def candidate_layers(graph: ModelGraph) -> list[Layer]:
                 out in live and out in feeds and shape is not None and len(shape) == 4
                 and graph.dtypes.get(out) in FLOAT_TYPES
             ):
-                found.append(Layer(out, node.name, node.op_type, shape, tags.get(out, "NCHW")))
+                found.append(Layer(out, node.name, node.op_type, shape, tags.get(out)))
     return found
 
 
@@ -112,7 +112,8 @@ def select_layer(graph: ModelGraph, spec: str = "auto") -> Layer:
     """A layer by tensor name, node name, or 'auto'."""
     layers = candidate_layers(graph)
     if spec in (None, "auto"):
-        spatial = [layer for layer in layers if all(d is not None and d > 1 for d in layer.spatial)]
+        spatial = [layer for layer in layers
+                   if layer.layout is not None and all(d is not None and d > 1 for d in layer.spatial)]
         if not spatial:
             raise LayerError(
                 "found no rank-4 feature map with a spatial size above 1 before the output; "

@@ -243,7 +243,10 @@ def load_model(
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(output_name))
     proto = canon.remove_identity_dropout(proto)
     proto = canon.set_static_spatial(proto, input_name, input_shape)
-    proto = canon.make_batch_dynamic(proto, input_name)
+    export_batch = canon.make_batch_symbolic(proto, input_name)
+    proto = canon.rewrite_batch_reshapes(proto, export_batch)
+    proto = canon.fold_constants(proto, input_name)
+    proto = canon.rewrite_batch_reshapes(proto, export_batch)
     proto = canon.fold_batchnorm(proto, protected=set(protected))
     # declared shapes of outputs are re-derived: clear stale value_info so inference is consistent
     del proto.graph.value_info[:]
