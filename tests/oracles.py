@@ -222,7 +222,8 @@ def ortt_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def ortt_gradients(model: onnx.ModelProto, input_name: str, output: str, layers, x: np.ndarray, seed: np.ndarray, tmp: Path):
+def ortt_gradients(model: onnx.ModelProto, input_name: str, output: str, layers, x: np.ndarray, seed: np.ndarray, tmp: Path,
+                   optimize: bool = True):
     """Gradients of sum(seed * output) w.r.t. the input and each layer tensor, by onnxruntime-training.
 
     Layer gradients: each layer tensor A is rewired as A + delta_A, delta_A a new zero-valued graph input,
@@ -268,7 +269,7 @@ def ortt_gradients(model: onnx.ModelProto, input_name: str, output: str, layers,
         feeds[deltas[layer]] = np.zeros_like(a)
     np.savez(feeds_path, **feeds)
     spec = {"model": str(model_path), "feeds": str(feeds_path), "out": str(out_path),
-            "wrt": [input_name] + [deltas[layer] for layer in layers], "loss": "ortt_loss"}
+            "wrt": [input_name] + [deltas[layer] for layer in layers], "loss": "ortt_loss", "optimize": optimize}
     proc = subprocess.run([python, str(ORTT_SCRIPT), json.dumps(spec)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"onnxruntime-training failed:\n{proc.stderr[-3000:]}")

@@ -1,6 +1,6 @@
 """Runs inside the onnxruntime-training virtual environment (never imports onnxsal).
 
-argv[1]: JSON {model, feeds (.npz), out (.npz), wrt: [names], loss}. Builds the gradient graph of
+argv[1]: JSON {model, feeds (.npz), out (.npz), wrt: [names], loss, optimize (default true)}. Builds the gradient graph of
 `loss` with GradientGraphBuilder, runs it on CPU and saves `<name>_grad` for each name in wrt.
 """
 
@@ -22,6 +22,8 @@ def main() -> None:
     builder.save(grad_path)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if spec.get("optimize") is False:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(grad_path, opts, providers=["CPUExecutionProvider"])
     feeds = dict(np.load(spec["feeds"]))
     wanted = {i.name for i in sess.get_inputs()}

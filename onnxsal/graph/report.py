@@ -1,0 +1,97 @@
+"""What `onnxsal inspect` reports about a model: inputs, outputs, layers and rule coverage."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+from onnx import TensorProto
+
+from ..autodiff.builder import _active_tensors, _needed_nodes, missing_rules
+from ..autodiff.registry import rulesets
+from .layers import candidate_layers, select_layer
+from .model import ModelGraph
+from .utils import tensor_types
+
+
+def _dims(shape) -> str:
+    if shape is None:
+        return "?"
+    return "x".join("N" if d is None else str(d) for d in shape)
+
+
+def _tensor(name: str, elem: int, shape) -> dict:
+    return {"name": name, "dtype": TensorProto.DataType.Name(elem).lower() if elem else "?", "shape": _dims(shape)}
+
+
+def inspect_model(graph: ModelGraph, original: onnx.ModelProto | None = None) -> dict:
+    """A JSON-able description of the model as onnxsal sees it (after canonicalization)."""
+    report = {
+        "sha256": graph.sha256,
+        "opset": graph.opset,
+        "input": {**_tensor(graph.input_name, graph.input_dtype, graph.input_shape), "layout": graph.layout},
+        "outputs": [_tensor(o.name, graph.dtypes.get(o.name, 0), graph.shapes.get(o.name)) for o in graph.graph.output],
+        "explained": {"output": graph.output_name, "score": graph.logits_name,
+                      "trailing_activation_cut": graph.final_activation, "classes": graph.num_classes},
+        "batch": {True: "dynamic", False: "one sample at a time", None: "not checked"}[graph.batchable],
+        "notes": list(graph.notes),
+    }
+    if original is not None:
+        report["original_opset"] = next((i.version for i in original.opset_import if i.domain in ("", "ai.onnx")), None)
+        report["original_nodes"] = len(original.graph.node)
+    report["nodes"] = len(graph.graph.node)
+    layers = candidate_layers(graph)
+    try:
+        auto = select_layer(graph, "auto").tensor
+    except Exception:  # noqa: BLE001 - a model without feature maps still has a report
+        auto = None
+    report["layers"] = [{"tensor": layer.tensor, "node": layer.node, "op": layer.op_type, "shape": _dims(layer.shape),
+                         "layout": layer.layout, "auto": layer.tensor == auto} for layer in layers]
+    dtypes, _ = tensor_types(graph.model)
+    nodes = list(graph.graph.node)
+    path, _ = _needed_nodes(nodes, graph.logits_name, _active_tensors(nodes, [graph.input_name], dtypes))
+    report["gradient_path"] = {"nodes": len(path), "ops": dict(sorted(Counter(n.op_type for n in path).items()))}
+    report["missing_rules"] = {
+        name: [{"op": op, "node": label} for op, label in missing_rules(graph.model, graph.logits_name, [graph.input_name], name)]
+        for name in rulesets()
+    }
+    return report
+
+
+def format_report(report: dict, source: str, all_layers: bool = False) -> str:
+    lines = [f"model   {source}", f"sha256  {report['sha256']}"]
+    opset = report["opset"]
+    if report.get("original_opset") not in (None, opset):
+        lines.append(f"opset   {report['original_opset']} (upgraded to {opset})")
+    else:
+        lines.append(f"opset   {opset}")
+    i = report["input"]
+    lines.append(f"input   {i['name']}  {i['dtype']} [{i['shape']}] {i['layout']}   batch: {report['batch']}")
+    for o in report["outputs"]:
+        lines.append(f"output  {o['name']}  {o['dtype']} [{o['shape']}]")
+    e = report["explained"]
+    cut = f" (trailing {e['trailing_activation_cut']} cut: targets are pre-softmax scores)" if e["trailing_activation_cut"] else ""
+    lines.append(f"score   {e['score']}{cut}, {e['classes']} classes")
+    lines.append("")
+    layers = report["layers"]
+    lines.append(f"layers  ({len(layers)} rank-4 feature maps; * = auto, the default for CAM methods)")
+    if not all_layers and len(layers) > 12:
+        lines.append(f"    ... {len(layers) - 12} earlier layers (--all-layers lists them)")
+        layers = layers[-12:]
+    for layer in layers:
+        mark = "*" if layer["auto"] else " "
+        lines.append(f"  {mark} {layer['tensor']}  [{layer['shape']}] {layer['layout'] or ''}  ({layer['op']})")
+    lines.append("")
+    path = report["gradient_path"]
+    ops = ", ".join(f"{op} x{n}" for op, n in path["ops"].items())
+    lines.append(f"gradient path  {path['nodes']} nodes: {ops}")
+    missing = report["missing_rules"]["gradient"]
+    if missing:
+        lines.append(f"no backward rule for {len(missing)} node(s) on the path: the model cannot be explained yet")
+        for m in missing[:20]:
+            lines.append(f"  {m['op']}  at {m['node']}")
+    else:
+        lines.append("every op on the gradient path has a rule (rule sets: " + ", ".join(report["missing_rules"]) + ")")
+    for note in report["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
