@@ -53,7 +53,28 @@ class Emitter:
         names = [self.fresh(op_type) for _ in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], domain=domain, **attrs))
+        elem = self._output_type(op_type, inputs, attrs)
+        if elem is not None:
+            for name in names:
+                self.dtypes[name] = elem
         return names[0] if outputs == 1 else names
+
+    def _output_type(self, op_type: str, inputs, attrs) -> int | None:
+        """Element type of an emitted node's outputs (what later constants `like` it must match)."""
+        if op_type in ("Shape", "NonZero"):
+            return TensorProto.INT64
+        if op_type in ("Equal", "Greater", "Less", "And", "Or", "Not", "GreaterOrEqual", "LessOrEqual"):
+            return TensorProto.BOOL
+        if op_type == "Cast":
+            return attrs["to"]
+        if op_type == "ConstantOfShape":
+            return attrs["value"].data_type
+        if op_type == "Where":
+            inputs = inputs[1:]
+        if op_type in ("ScatterElements", "Expand", "Reshape", "Slice", "Pad", "Split", "Concat", "Transpose",
+                       "ReduceSum", "Unsqueeze", "Squeeze", "Gather"):
+            inputs = inputs[:1]
+        return next((self.dtypes[i] for i in inputs if i in self.dtypes), None)
 
     def constant(self, value, dtype=None, like: str | None = None) -> str:
         if like is not None:
@@ -289,6 +310,7 @@ def build_gradient_model(
         )
 
     seed_name = seed_name if seed_name not in dtypes else emitter.fresh("seed")
+    dtypes[seed_name], shapes[seed_name] = dtypes[output], shapes.get(output)
     grads: dict[str, list[str]] = {output: [seed_name]}
 
     def accumulated(t: str) -> str | None:
@@ -334,6 +356,7 @@ def build_gradient_model(
         new_outputs.append(value_info(grad_name, t))
 
     graph.input.append(value_info(seed_name, output))
+    del dtypes[seed_name]
     graph.node.extend(emitter.nodes)
     graph.initializer.extend(emitter.initializers)
     graph.output.extend(new_outputs)
