@@ -6,10 +6,21 @@ Heavy modules (onnxruntime, numba) load on first use, so `import onnxsal` and th
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Explainer": ("onnxsal.explainer", "Explainer"),
+    "Explanation": ("onnxsal.methods.base", "Explanation"),
+    "Preprocessing": ("onnxsal.preprocess", "Preprocessing"),
+    "methods": ("onnxsal.methods", "methods"),
     "load_model": ("onnxsal.graph.model", "load_model"),
     "ModelGraph": ("onnxsal.graph.model", "ModelGraph"),
     "OnnxsalError": ("onnxsal.errors", "OnnxsalError"),
 }
+
+
+def layers(model, **kwargs):
+    """Candidate layers of a model (path, bytes, ModelProto or zoo name), last = deepest; see Layer.describe()."""
+    from .explainer import Explainer
+
+    return Explainer(model, **kwargs).layers()
 
 
 def __getattr__(name):

@@ -1,0 +1,36 @@
+"""Streaming sums over chunks of per-sample results (IG steps, SmoothGrad samples, occlusion windows).
+
+accumulate:          acc[owner[b], d] += weight[b] * v[b, d]                      (IG: sum_k w_k grad(x_k))
+accumulate_moments:  s1[owner[b], d] += v[b, d];  s2[owner[b], d] += v[b, d]^2    (SmoothGrad mean / square / variance)
+Accumulators are float64 (N, D); chunks are float32 (B, D). Several rows b may share an owner, so the
+parallel loop runs over d (disjoint columns), never over b.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def accumulate(acc, v, owner, weight):
+    for d in prange(v.shape[1]):
+        for b in range(v.shape[0]):
+            acc[owner[b], d] += np.float64(weight[b]) * np.float64(v[b, d])
+
+
+def accumulate_numpy(acc, v, owner, weight):
+    np.add.at(acc, owner, weight[:, None].astype(np.float64) * v)
+
+
+@njit(cache=True, parallel=True)
+def accumulate_moments(s1, s2, v, owner):
+    for d in prange(v.shape[1]):
+        for b in range(v.shape[0]):
+            x = np.float64(v[b, d])
+            s1[owner[b], d] += x
+            s2[owner[b], d] += x * x
+
+
+def accumulate_moments_numpy(s1, s2, v, owner):
+    v64 = v.astype(np.float64)
+    np.add.at(s1, owner, v64)
+    np.add.at(s2, owner, v64 * v64)

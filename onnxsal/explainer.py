@@ -1,0 +1,199 @@
+"""The Python API: Explainer(model).explain(x, method=..., target=...) -> Explanation.
+
+x is a float batch in the model's input layout (a single image without batch axis is accepted too);
+results are numpy arrays. See onnxsal.methods() for the methods and their options.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import InputError, LayerError, MethodError
+from .graph.layers import Layer, candidate_layers, select_layer
+from .graph.model import TARGET_KINDS, load_model
+from .preprocess import Preprocessing
+from .runtime import Engine, GradientOutputs
+from .targets import resolve
+
+BASELINES = ("black", "zeros", "gray", "mean", "blur", "uniform")
+
+
+class Explainer:
+    """Explanations of one ONNX model.
+
+    model: a path, bytes, onnx.ModelProto or the name of a zoo model (which brings its preprocessing and labels).
+    layer: the layer CAM methods weight: 'auto' (the last feature map), a tensor name or a node name.
+    target_kind: which score is explained: 'logit' (default; a trailing Softmax is cut), 'probability',
+        'log_probability'.
+    providers: onnxruntime execution providers (default: CUDA when available, then CPU).
+    batch_size: samples per onnxruntime run (default: sized from the activations, at most 64).
+    preprocessing: how images map to model inputs (enables the 'black' and 'gray' baselines).
+    input_shape: fixes dynamic input dimensions, e.g. (None, 3, 224, 224).
+    """
+
+    def __init__(self, model, layer: str = "auto", *, input_name: str | None = None, output_name: str | None = None,
+                 target_kind: str = "logit", providers: Sequence[str] | None = None, batch_size: int | None = None,
+                 preprocessing: Preprocessing | dict | None = None, input_shape: tuple | None = None,
+                 labels: Sequence[str] | None = None):
+        from . import zoo
+
+        if target_kind not in TARGET_KINDS:
+            raise MethodError(f"unknown target_kind {target_kind!r}; choose one of {', '.join(TARGET_KINDS)}")
+        source, zoo_name = zoo.resolve(model) if isinstance(model, str) or model is None else (model, None)
+        if zoo_name is not None:
+            entry = zoo.entry(zoo_name)
+            preprocessing = preprocessing if preprocessing is not None else entry["preprocessing"]
+            labels = labels if labels is not None else zoo.labels(zoo_name)
+        if isinstance(preprocessing, dict):
+            preprocessing = Preprocessing.from_dict(preprocessing)
+        self.zoo_name = zoo_name
+        self.preprocessing = preprocessing
+        self.labels = list(labels) if labels is not None else None
+        self.target_kind = target_kind
+        protected = () if layer in (None, "auto") else (layer,)
+        self.graph = load_model(source, input_name=input_name, output_name=output_name, input_shape=input_shape,
+                                protected=protected)
+        self.engine = Engine(self.graph, providers=providers, batch_size=batch_size)
+        self._layer_spec = layer or "auto"
+        self._layer: Layer | None = None
+        if self._layer_spec != "auto":
+            self._layer = select_layer(self.graph, self._layer_spec)
+
+    # -- model facts
+    @property
+    def layer(self) -> Layer:
+        if self._layer is None:
+            self._layer = select_layer(self.graph, self._layer_spec)
+        return self._layer
+
+    def layers(self) -> list[Layer]:
+        return candidate_layers(self.graph)
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.graph.num_classes
+
+    # -- running the model
+    def _batch(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiu":
+            raise InputError(f"x must be a numeric array, not {x.dtype}")
+        if x.ndim == len(self.graph.input_shape) - 1:
+            x = x[None]
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def predict(self, x) -> np.ndarray:
+        """Scores (target_kind) for a batch."""
+        return self.engine.forward(self._batch(x), self.target_kind)[0]
+
+    def score(self, x, seeds) -> np.ndarray:
+        """sum(seed * score) per sample, float64."""
+        scores = self.engine.forward(x, self.target_kind)[0]
+        return (scores.astype(np.float64) * seeds).reshape(len(x), -1).sum(axis=1)
+
+    def gradients(self, x, seeds, layers: Sequence[str] = (), ruleset: str = "gradient", input_grad: bool = True) -> GradientOutputs:
+        return self.engine.gradients(x, seeds, layers=layers, ruleset=ruleset, target_kind=self.target_kind, input_grad=input_grad)
+
+    def activations(self, x, tensor: str) -> np.ndarray:
+        return self.engine.forward(x, self.target_kind, layers=[tensor])[1][tensor]
+
+    # -- baselines (model space) for path and perturbation methods
+    def baselines(self, x: np.ndarray, spec, seed: int = 0, blur_sigma: float = 10.0) -> list[np.ndarray]:
+        """Reference inputs shaped like x: one per entry of `spec` (a name, a number, an array, or a list of them)."""
+        if spec is None:
+            spec = "black" if self.preprocessing is not None else "zeros"
+        if isinstance(spec, (list, tuple)) and not (len(spec) and isinstance(spec[0], (int, float)) and len(spec) == x.shape[1]):
+            if not spec:
+                raise MethodError("the list of baselines is empty")
+            return [self.baselines(x, s, seed + i, blur_sigma)[0] for i, s in enumerate(spec)]
+        nhwc = self.graph.layout == "NHWC"
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            return [np.full_like(x, float(spec))]
+        if isinstance(spec, np.ndarray):
+            b = spec.astype(np.float32)
+            if b.shape == x.shape:
+                return [b]
+            if b.shape == x.shape[1:]:
+                return [np.broadcast_to(b, x.shape).copy()]
+            raise MethodError(f"a baseline array must be shaped like x {x.shape} or one sample {x.shape[1:]}, not {b.shape}")
+        if not isinstance(spec, str) or spec not in BASELINES:
+            raise MethodError(f"unknown baseline {spec!r}; choose one of {', '.join(BASELINES)}, a number or an array")
+        if spec == "zeros" or spec == "mean":
+            # 'mean': the dataset mean pixel, which mean/std normalisation maps to 0
+            return [np.zeros_like(x)]
+        if spec in ("black", "gray"):
+            if self.preprocessing is None:
+                raise MethodError(f"the {spec} baseline needs the model's preprocessing (Explainer(..., preprocessing=...)); "
+                                  "or use baseline='zeros'")
+            value = self.preprocessing.pixel_value(0.0 if spec == "black" else 127.5)
+            shape = (1, 1, 1, 3) if nhwc else (1, 3, 1, 1)
+            return [np.broadcast_to(value.reshape(shape), x.shape).astype(np.float32).copy()]
+        if spec == "uniform":
+            rng = np.random.default_rng(seed)
+            if self.preprocessing is not None:
+                pixels = rng.uniform(0, 255, size=x.shape[:1] + ((*self.graph.spatial_shape, 3)))
+                values = np.stack([self.preprocessing.normalize(p) for p in pixels])
+                return [np.ascontiguousarray(values if nhwc else values.transpose(0, 3, 1, 2), np.float32)]
+            lo, hi = x.min(), x.max()
+            return [rng.uniform(lo, hi, size=x.shape).astype(np.float32)]
+        return [gaussian_blur(x, blur_sigma, nhwc)]
+
+    # -- explaining
+    def explain(self, x, method: str = "saliency", target="top", *, progress: Callable[[float], None] | None = None,
+                **options):
+        """Attributions of `target` for a batch x; returns an Explanation (maps (N, H, W), attributions, ...)."""
+        from .methods import METHODS, Explanation
+
+        if method not in METHODS:
+            raise MethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        x = self._batch(x)
+        impl = METHODS[method](self, **options)
+        if impl.uses_layer:
+            _ = self.layer  # fail early on a model without a usable layer
+        scores = self.engine.forward(x, self.target_kind)[0]
+        targets = resolve(target, scores, self.graph.class_axis, self.labels)
+        result = impl.attribute(x, targets.seeds, progress=progress)
+        explained = (scores.astype(np.float64) * targets.seeds).reshape(len(x), -1).sum(axis=1)
+        return Explanation(
+            maps=result.maps, attributions=result.attributions, targets=targets.classes, scores=explained.astype(np.float32),
+            method=method, signed=bool(impl.signed), delta=result.delta,
+            layer=self.layer.tensor if impl.uses_layer else None, options=dict(impl.options), info=dict(result.info),
+        )
+
+    def top_classes(self, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
+        """[(class, name, score)] * k per sample, highest first (softmax probabilities when the model has classes)."""
+        scores = self.engine.forward(self._batch(x), "logit")[0]
+        if scores.ndim != 2:
+            return [[] for _ in scores]
+        e = np.exp(scores - scores.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+        out = []
+        for row in probs:
+            order = np.argsort(-row)[:k]
+            out.append([(int(c), self.labels[c] if self.labels and c < len(self.labels) else str(c), float(row[c])) for c in order])
+        return out
+
+
+def gaussian_blur(x: np.ndarray, sigma: float, nhwc: bool) -> np.ndarray:
+    """Separable Gaussian blur of each channel (reflect padding), radius 3 sigma."""
+    if sigma <= 0:
+        return x.copy()
+    radius = max(1, int(3 * sigma))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (t / sigma) ** 2)
+    kernel /= kernel.sum()
+    axes = (1, 2) if nhwc else (2, 3)
+    out = x.astype(np.float64)
+    for axis in axes:
+        size = out.shape[axis]
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (min(radius, size - 1), min(radius, size - 1))
+        padded = np.pad(out, pad, mode="reflect") if size > 1 else out
+        r = pad[axis][0]
+        acc = np.zeros_like(out)
+        for offset, weight in zip(range(-r, r + 1), kernel[radius - r:radius + r + 1] / kernel[radius - r:radius + r + 1].sum()):
+            acc += weight * np.take(padded, np.arange(r + offset, r + offset + size), axis=axis)
+        out = acc
+    return out.astype(np.float32)

@@ -1,0 +1,110 @@
+"""The method interface, its registry, and the result every method returns.
+
+A method turns a batch x (model layout) and seeds (weights over the score tensor) into per-pixel
+attributions (shaped like x; None for CAM methods) and maps (N, H, W). Methods that average over many
+model runs (SmoothGrad, Integrated Gradients, Occlusion) stream them through ONNX Runtime in batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import MethodError
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls):
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class Explanation:
+    maps: np.ndarray  # (N, H, W) float32: one value per input pixel
+    attributions: np.ndarray | None  # shaped like x (pixel-space methods), else None
+    targets: np.ndarray  # (N,) class per sample (-1 where the target was a weighting)
+    scores: np.ndarray  # (N,) the explained score sum(seed * score) per sample
+    method: str
+    signed: bool  # whether maps carry a sign (IG, gradient x input): shown with a diverging colormap
+    delta: np.ndarray | None = None  # (N,) completeness gap of path methods
+    layer: str | None = None
+    options: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # what the method measured (e.g. model evaluations used)
+
+
+@dataclass
+class Attribution:
+    """What Method.attribute returns; the Explainer adds targets and scores."""
+
+    maps: np.ndarray
+    attributions: np.ndarray | None = None
+    delta: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+class Method:
+    name = ""
+    description = ""
+    reference = ""
+    signed = False
+    uses_layer = False
+    defaults: dict = {}
+
+    def __init__(self, explainer, **options):
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "none"
+            raise MethodError(f"unknown option(s) {', '.join(unknown)} for {self.name}; its options: {valid}")
+        self.ex = explainer
+        self.options = {**self.defaults, **options}
+
+    @property
+    def layout(self) -> str:
+        return self.ex.graph.layout
+
+    def attribute(self, x: np.ndarray, seeds: np.ndarray, progress: Callable[[int], None] | None = None) -> Attribution:
+        raise NotImplementedError
+
+    def runs_per_sample(self) -> int:
+        """How many model evaluations one sample costs (for progress bars)."""
+        return 1
+
+
+REDUCTIONS = ("max_abs", "sum", "abs_sum", "l2", "sum_sq")
+
+
+def reduce_channels(attributions: np.ndarray, layout: str, how: str) -> np.ndarray:
+    """(N, H, W) map from (N, C, H, W) or (N, H, W, C) attributions.
+
+    max_abs: max_c |a| (Simonyan et al. 2013);  sum: sum_c a (signed);  abs_sum: sum_c |a|;
+    l2: sqrt(sum_c a^2);  sum_sq: sum_c a^2 (sensitivity analysis, Baehrens et al. 2010).
+    """
+    if attributions.ndim != 4:
+        raise MethodError(f"maps need a rank-4 image input, this one has shape {attributions.shape}")
+    axis = 3 if layout == "NHWC" else 1
+    a = attributions.astype(np.float32, copy=False)
+    if how == "max_abs":
+        m = np.abs(a).max(axis=axis)
+    elif how == "sum":
+        m = a.sum(axis=axis)
+    elif how == "abs_sum":
+        m = np.abs(a).sum(axis=axis)
+    elif how == "l2":
+        m = np.sqrt((a * a).sum(axis=axis))
+    elif how == "sum_sq":
+        m = (a * a).sum(axis=axis)
+    else:
+        raise MethodError(f"unknown channel reduction {how!r}; choose one of {', '.join(REDUCTIONS)}")
+    return np.ascontiguousarray(m, dtype=np.float32)
+
+
+def to_nchw(t: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(t.transpose(0, 3, 1, 2) if layout == "NHWC" else t, dtype=np.float32)
+
+
+def from_nchw(t: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(t.transpose(0, 2, 3, 1) if layout == "NHWC" else t)

@@ -1,0 +1,211 @@
+"""Class activation maps: one template, each variant overrides how the channel weights are computed.
+
+With A the layer's activations (N, C, h, w) and G = dS/dA its gradient:
+    M = relu( sum_c w_c * A_c )   (w per channel (N, C), or per element (N, C, h, w))
+upsampled bilinearly to the input size (half-pixel centres, kernels/resize.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import REDUCTIONS, Attribution, Method, from_nchw, reduce_channels, register, to_nchw
+from ..errors import MethodError
+from ..graph.utils import attribute
+
+
+def _kernels():
+    from .. import kernels
+
+    return kernels
+
+
+class CamMethod(Method):
+    uses_layer = True
+    needs_gradients = True
+    defaults = {"relu": True}
+
+    def cam_weights(self, a: np.ndarray, g: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def layer_maps(self, x, seeds) -> np.ndarray:
+        """(N, h, w) maps at the layer's resolution."""
+        layer = self.ex.layer
+        if self.needs_gradients:
+            out = self.ex.gradients(x, seeds, layers=[layer.tensor], input_grad=False)
+            a, g = out.activations[layer.tensor], out.layer_grads[layer.tensor]
+        else:
+            a, g = self.ex.activations(x, layer.tensor), None
+        layout = layer.layout or "NCHW"
+        a = to_nchw(a, layout)
+        g = None if g is None else to_nchw(g, layout)
+        weights = np.ascontiguousarray(self.cam_weights(a, g, seeds), dtype=np.float32)
+        return _kernels().weighted_sum(weights, a, bool(self.options["relu"]))
+
+    def attribute(self, x, seeds, progress=None):
+        small = self.layer_maps(x, seeds)
+        h, w = self.ex.graph.spatial_shape
+        maps = _kernels().bilinear_resize(small, h, w)
+        if progress:
+            progress(len(x))
+        return Attribution(maps=maps)
+
+
+@register
+class GradCAM(CamMethod):
+    name = "grad_cam"
+    description = "Grad-CAM: layer activations weighted by their average gradient"
+    reference = "Selvaraju et al. 2017, Grad-CAM, eq. 1-2"
+
+    def cam_weights(self, a, g, seeds):
+        # eq. 1: alpha_c = 1/Z sum_ij dS/dA_cij
+        return _kernels().channel_mean(g)
+
+
+@register
+class GradCAMPlusPlus(CamMethod):
+    name = "grad_cam_plus_plus"
+    description = "Grad-CAM++: positive gradients weighted per pixel by higher-order terms"
+    reference = "Chattopadhyay et al. 2018, Grad-CAM++, eq. 19 (closed form under an exponential score)"
+
+    def cam_weights(self, a, g, seeds):
+        # alpha_cij = g^2 / (2 g^2 + sum_ab A_cab g^3);  w_c = sum_ij alpha_cij relu(g_cij)
+        g2 = g * g
+        g3 = g2 * g
+        denominator = 2 * g2 + a.sum(axis=(2, 3), keepdims=True) * g3
+        alpha = g2 / np.where(denominator != 0, denominator, 1)
+        return (alpha * np.maximum(g, 0)).sum(axis=(2, 3))
+
+
+@register
+class XGradCAM(CamMethod):
+    name = "xgrad_cam"
+    description = "XGrad-CAM: gradients averaged with weights proportional to the activations"
+    reference = "Fu et al. 2020, Axiom-based Grad-CAM (XGrad-CAM)"
+
+    def cam_weights(self, a, g, seeds):
+        # w_c = sum_ij (A_cij / sum_ab A_cab) g_cij
+        total = a.sum(axis=(2, 3), keepdims=True)
+        return (a / (total + 1e-7) * g).sum(axis=(2, 3))
+
+
+@register
+class LayerCAM(CamMethod):
+    name = "layer_cam"
+    description = "LayerCAM: each activation weighted by its own positive gradient"
+    reference = "Jiang et al. 2021, LayerCAM"
+
+    def cam_weights(self, a, g, seeds):
+        # w_cij = relu(g_cij)
+        return np.maximum(g, 0)
+
+
+@register
+class HiResCAM(CamMethod):
+    name = "hires_cam"
+    description = "HiResCAM: element-wise gradient times activation, summed over channels"
+    reference = "Draelos & Carin 2020, Use HiResCAM instead of Grad-CAM"
+
+    def cam_weights(self, a, g, seeds):
+        # w_cij = g_cij  (M = relu(sum_c g * A))
+        return g
+
+
+@register
+class GradCAMElementwise(CamMethod):
+    name = "grad_cam_elementwise"
+    description = "Element-wise Grad-CAM: relu of each gradient x activation product, summed"
+    reference = "pytorch-grad-cam's GradCAMElementWise (HiResCAM with the ReLU inside the sum)"
+
+    def cam_weights(self, a, g, seeds):
+        # sum_c relu(g * A) = sum_c w * A with w = g where g * A > 0, else 0
+        return np.where(g * a > 0, g, 0)
+
+
+def linear_head(graph, layer) -> np.ndarray:
+    """W (K, C) of a head  layer -> global average pool -> [Flatten|Reshape|Squeeze] -> Gemm|MatMul [+ bias] -> score."""
+    consts, users = graph.constants(), graph.consumers()
+    spatial_axes = {1, 2} if layer.layout == "NHWC" else {2, 3}
+    not_gap = MethodError(
+        "cam needs a model whose head is global average pooling followed by one linear layer; "
+        "this one differs after the layer: use grad_cam (equal to CAM up to a scale on such heads)"
+    )
+
+    def only_user(t):
+        nodes = users.get(t, [])
+        if len(nodes) != 1:
+            raise not_gap
+        return nodes[0]
+
+    node = only_user(layer.tensor)
+    if node.op_type == "GlobalAveragePool":
+        pass
+    elif node.op_type == "ReduceMean":
+        axes = attribute(node, "axes", None)
+        if axes is None and len(node.input) > 1:
+            axes = consts.get(node.input[1])
+        rank = len(layer.shape)
+        if axes is None or {int(a) % rank for a in np.asarray(axes).ravel()} != spatial_axes:
+            raise not_gap
+    else:
+        raise not_gap
+    node = only_user(node.output[0])
+    while node.op_type in ("Flatten", "Reshape", "Squeeze"):
+        node = only_user(node.output[0])
+    if node.op_type == "Gemm":
+        w = consts.get(node.input[1])
+        if w is None or attribute(node, "transA", 0):
+            raise not_gap
+        w = w if attribute(node, "transB", 0) else w.T
+        w = w * attribute(node, "alpha", 1.0)
+    elif node.op_type == "MatMul":
+        w = consts.get(node.input[1])
+        if w is None or w.ndim != 2:
+            raise not_gap
+        w = w.T
+    else:
+        raise not_gap
+    out = node.output[0]
+    if out != graph.logits_name:
+        bias = only_user(out)
+        if bias.op_type != "Add" or bias.output[0] != graph.logits_name:
+            raise not_gap
+    return np.asarray(w, dtype=np.float32)
+
+
+@register
+class CAM(CamMethod):
+    name = "cam"
+    description = "CAM: feature maps weighted by the classifier's weights (GAP + linear heads only)"
+    reference = "Zhou et al. 2016, Learning Deep Features for Discriminative Localization, sec. 2"
+    needs_gradients = False
+
+    def __init__(self, explainer, **options):
+        super().__init__(explainer, **options)
+        if explainer.target_kind != "logit":
+            raise MethodError("cam explains the pre-softmax scores (target_kind='logit'); use grad_cam for other kinds")
+        self.weights = linear_head(explainer.graph, explainer.layer)
+
+    def cam_weights(self, a, g, seeds):
+        # M_c(x, y) = sum_k w_k^c f_k(x, y): the class's row of the linear layer (a weighting of classes for weight targets)
+        return seeds.reshape(len(seeds), -1) @ self.weights
+
+
+@register
+class GuidedGradCAM(Method):
+    name = "guided_grad_cam"
+    description = "Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map"
+    reference = "Selvaraju et al. 2017, Grad-CAM, sec. 3.1 (Guided Grad-CAM)"
+    uses_layer = True
+    defaults = {"reduce": "max_abs"}
+
+    def attribute(self, x, seeds, progress=None):
+        if self.options["reduce"] not in REDUCTIONS:
+            raise MethodError(f"unknown reduce {self.options['reduce']!r}; choose one of {', '.join(REDUCTIONS)}")
+        cam = GradCAM(self.ex).attribute(x, seeds).maps
+        guided = self.ex.gradients(x, seeds, ruleset="guided_backprop").input_grad
+        product = _kernels().guided_product(to_nchw(guided, self.layout), cam)
+        attributions = from_nchw(product, self.layout)
+        if progress:
+            progress(len(x))
+        return Attribution(maps=reduce_channels(attributions, self.layout, self.options["reduce"]), attributions=attributions)
