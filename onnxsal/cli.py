@@ -102,5 +102,261 @@ def export(model, output, layers, rules, target_kind, no_input_grad, size):
             click.echo(f"  output  {o.name}")
 
 
+def _floats(text, what):
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{what} takes numbers separated by commas, e.g. 0.485,0.456,0.406") from None
+    return values
+
+
+def preprocessing_options(fn):
+    """The flags that describe how images become inputs of a model that is not from the zoo."""
+    options = [
+        click.option("--size", type=click.IntRange(1), help="Input side in pixels (default: the model's, else 224)."),
+        click.option("--crop", type=click.FloatRange(0, 1, min_open=True), help="Fraction of the short side kept by the centre crop (default 0.875)."),
+        click.option("--mean", help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406."),
+        click.option("--std", help="Per-channel std divided by, e.g. 0.229,0.224,0.225."),
+        click.option("--scale", type=float, help="Pixel (0..255) multiplier applied first (default 1/255)."),
+        click.option("--layout", type=click.Choice(["nchw", "nhwc"], case_sensitive=False), help="Input layout (default: detected)."),
+        click.option("--bgr", is_flag=True, default=None, help="Feed channels in BGR order."),
+        click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest", "lanczos"]), help="Resize filter."),
+        click.option("--preprocess", "preprocess_file", type=click.Path(dir_okay=False),
+                     help="JSON/TOML sidecar with those settings (default: <model>.preprocess.json beside the model)."),
+        click.option("--labels", "labels_file", type=click.Path(dir_okay=False), help="Class names, one per line."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet=False):
+    from .workflow import setup_model
+
+    setup = setup_model(model, size=size, crop=crop, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), scale=scale,
+                        layout=layout, bgr=bgr, interpolation=interpolation, preprocess_file=preprocess_file,
+                        labels_file=labels_file)
+    if not quiet:
+        for note in setup.notes:
+            click.echo(f"note: {note}", err=True)
+    return setup
+
+
+def _explainer(setup, layer, target_kind, batch_size, provider):
+    from .explainer import Explainer
+
+    providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "auto": None}[provider]
+    if provider == "cuda":
+        from .runtime import available_providers
+
+        if "CUDAExecutionProvider" not in available_providers():
+            raise OnnxsalError("--provider cuda needs onnxruntime-gpu (pip install onnxsal[gpu]) and a visible GPU")
+    return Explainer(setup.source, layer=layer, target_kind=target_kind, providers=providers, batch_size=batch_size,
+                     preprocessing=setup.preprocessing, input_shape=setup.input_shape, labels=setup.labels)
+
+
+def method_flags(fn):
+    options = [
+        click.option("--target", default="top", show_default=True, help="top, a class index, or a class name."),
+        click.option("--layer", default=None, help="Layer for CAM methods (tensor or node name; default: the zoo's or auto)."),
+        click.option("--steps", type=click.IntRange(1), help="integrated_gradients: points on the path (default 50)."),
+        click.option("--tolerance", type=float, help="integrated_gradients: refine until |gap| <= tolerance * |F(x) - F(x')|."),
+        click.option("--baseline", help="integrated_gradients reference / occlusion fill: black, zeros, gray, mean, blur, "
+                                        "uniform or a number; join several with + to average."),
+        click.option("--samples", type=click.IntRange(1), help="smoothgrad, smoothgrad_sq, vargrad: noisy copies (default 50)."),
+        click.option("--noise-level", type=float, help="smoothgrad family: noise std as a fraction of the input range (default 0.15)."),
+        click.option("--base", help="smoothgrad family: the method averaged (default saliency)."),
+        click.option("--window", type=click.IntRange(1), help="occlusion: patch side in pixels (default 32)."),
+        click.option("--stride", type=click.IntRange(1), help="occlusion: patch step in pixels (default 16)."),
+        click.option("--batch-size", type=click.IntRange(1), help="Samples per onnxruntime run (default: from the input size)."),
+        click.option("--target-kind", type=click.Choice(["logit", "probability", "log_probability"]), default="logit",
+                     show_default=True, help="Which score is explained."),
+        click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="onnxruntime execution provider."),
+        click.option("--cmap", type=click.Choice(["inferno", "viridis", "jet", "gray", "rdbu"]), help="Colormap of the overlays."),
+        click.option("--alpha", type=click.FloatRange(0, 1), default=0.6, show_default=True, help="Overlay opacity at the strongest pixels."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _progress(total: float, label: str, enabled: bool):
+    """A click progress bar on stderr fed with fractional work units, or a no-op."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(None)
+
+    @contextlib.contextmanager
+    def bar():
+        with click.progressbar(length=max(1, int(round(total))), label=label, file=sys.stderr, show_pos=True) as b:
+            done = [0.0]
+
+            def advance(units):
+                before = int(done[0])
+                done[0] = min(total, done[0] + units)
+                b.update(int(done[0]) - before)
+
+            yield advance
+            b.update(max(0, int(round(total)) - int(done[0])))
+
+    return bar()
+
+
+def _work(explainer, methods, cli, images: int) -> float:
+    from .methods import METHODS
+    from .workflow import method_options
+
+    return images * sum(METHODS[m](explainer, **method_options(m, cli)).runs_per_sample() for m in methods)
+
+
+def _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size):
+    from .workflow import baseline_value
+
+    return {"steps": steps, "tolerance": tolerance, "baseline": baseline_value(baseline), "samples": samples,
+            "noise_level": noise_level, "base": base, "window": window, "stride": stride, "batch_size": batch_size}
+
+
+@main.command()
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--model", default=None, help="Zoo name or .onnx file (default: the zoo's default model).")
+@click.option("--method", "methods", multiple=True, help="Method(s), repeatable or comma-separated, or 'all' (default grad_cam).")
+@method_flags
+@click.option("--out", "out_dir", default="onnxsal-out", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--format", "fmt", type=click.Choice(["png", "npy", "both"]), default="png", show_default=True,
+              help="Overlay PNGs, raw maps (.npy, float32 HxW), or both.")
+@preprocessing_options
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def explain(images, model, methods, target, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
+            batch_size, target_kind, provider, cmap, alpha, out_dir, fmt, size, crop, mean, std, scale, layout, bgr,
+            interpolation, preprocess_file, labels_file, quiet):
+    """Explain IMAGES (files or directories) and write one picture per image and method.
+
+    With no images and no model: the bundled photo of a cat, explained by the default zoo model.
+    """
+    from pathlib import Path
+
+    from . import zoo
+    from .workflow import explain_files, image_files, parse_methods, parse_target
+
+    if not images and model is None:
+        images = (str(zoo.example_image("chelsea")),)
+    if not images:
+        raise click.UsageError("give at least one image (file or directory)")
+    files = image_files(images)
+    chosen = parse_methods(methods or ["grad_cam"])
+    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet)
+    ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
+    goal = parse_target(target, ex.labels, ex.num_classes)
+    cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
+    total = _work(ex, chosen, cli, len(files))
+    report = (lambda line: None) if quiet else click.echo
+    with _progress(total, "explaining", enabled=not quiet and total > 8) as advance:
+        written = explain_files(ex, files, chosen, goal, cli, Path(out_dir), fmt, cmap, alpha, progress=advance, report=report)
+    if not quiet:
+        click.echo(f"wrote {len(written)} file(s) to {out_dir}")
+
+
+def _zoo_layer(setup):
+    from . import zoo
+
+    if setup.zoo_name is None:
+        return "auto"
+    return zoo.entry(setup.zoo_name).get("default_layer", "auto")
+
+
+@main.command()
+@click.argument("image", type=click.Path())
+@click.option("--model", default=None, help="Zoo name or .onnx file (default: the zoo's default model).")
+@click.option("--methods", "methods", default="all", show_default=True, help="Comma-separated methods, or all.")
+@method_flags
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output PNG (default: onnxsal-out/<image>_compare.png).")
+@preprocessing_options
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def compare(image, model, methods, target, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
+            batch_size, target_kind, provider, cmap, alpha, output, size, crop, mean, std, scale, layout, bgr,
+            interpolation, preprocess_file, labels_file, quiet):
+    """One picture: IMAGE and every chosen method's map side by side, labelled."""
+    from pathlib import Path
+
+    from . import viz
+    from .workflow import compare_image, image_files, parse_methods, parse_target
+
+    (file,) = image_files([image])
+    chosen = parse_methods([methods])
+    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet)
+    ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
+    goal = parse_target(target, ex.labels, ex.num_classes)
+    cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
+    with _progress(_work(ex, chosen, cli, 1), "comparing", enabled=not quiet) as advance:
+        sheet = compare_image(ex, file, chosen, goal, cli, cmap, alpha, progress=advance)
+    path = Path(output) if output else Path("onnxsal-out") / f"{file.stem}_compare.png"
+    viz.save_png(sheet, path)
+    if not quiet:
+        click.echo(f"wrote {path}")
+
+
+@main.group(cls=Group)
+def zoo():
+    """The bundled pretrained models."""
+
+
+@zoo.command("list")
+def zoo_list():
+    """Name, input and description of every zoo model."""
+    from . import zoo as z
+
+    default = z.default_name()
+    for name in z.names():
+        e = z.entry(name)
+        mark = " (default)" if name == default else ""
+        click.echo(f"{name}{mark}  {e['preprocessing']['size']}x{e['preprocessing']['size']} {e['layout']}  {e['description']}")
+
+
+@zoo.command("info")
+@click.argument("name")
+def zoo_info(name):
+    """Everything the manifest says about one model."""
+    from . import zoo as z
+
+    e = z.entry(name)
+    click.echo(f"name           {name}")
+    click.echo(f"description    {e['description']}")
+    click.echo(f"file           {z.model_path(name)}")
+    click.echo(f"sha256         {e['sha256']}")
+    click.echo(f"input          {e['input']} (N, 3, {e['preprocessing']['size']}, {e['preprocessing']['size']}) {e['layout']}")
+    click.echo(f"output         {e['output']} ({e['classes']} ImageNet-1k classes, logits)")
+    p = e["preprocessing"]
+    click.echo(f"preprocessing  {p['order'].replace('_', ' then ')} {p['interpolation']}, size {p['size']}, crop {p['crop']}, "
+               f"x = (pixel * {p['scale']:.6g} - mean) / std, mean {p['mean']}, std {p['std']}")
+    click.echo(f"default layer  {e['default_layer']}")
+    click.echo(f"licence        {e['licence']}")
+    click.echo(f"source         {e['source']}")
+
+
+@main.command("methods")
+def methods_cmd():
+    """The attribution methods, with their papers."""
+    from .methods import METHODS
+
+    width = max(len(n) for n in METHODS)
+    for name, cls in METHODS.items():
+        click.echo(f"{name:<{width}}  {cls.description}")
+        click.echo(f"{'':<{width}}  {cls.reference}")
+
+
+@main.command("rules")
+def rules_cmd():
+    """The backward rule sets, and the ONNX ops that have a rule."""
+    from .autodiff.registry import rulesets, supported_ops
+
+    for name, doc in rulesets().items():
+        click.echo(f"{name:<16} {doc}")
+    click.echo(f"\nops with a backward rule ({len(supported_ops())}): " + ", ".join(supported_ops()))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -96,3 +96,138 @@ def test_corrupt_model_file(runner, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x12\x34not a model at all" * 50)
     one_line_error(runner.invoke(main, ["inspect", str(bad)]), "not an ONNX model")
+
+
+# -- explain / compare / zoo / methods / rules ------------------------------------------------------------
+
+def test_explain_with_no_arguments_explains_the_bundled_photo(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(main, ["explain"])
+    assert result.exit_code == 0, result.output
+    assert "chelsea.png: 285 Egyptian cat" in result.output
+    out = tmp_path / "onnxsal-out" / "chelsea_grad_cam.png"
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size == (262, 262) and im.mode == "RGB"  # the centre crop at the photo's resolution
+    assert not list((tmp_path / "onnxsal-out").glob(".*tmp"))
+
+
+def test_explain_methods_formats_and_raw_maps(runner, tmp_path):
+    from onnxsal import Explainer, zoo
+    from onnxsal.preprocess import load_image
+
+    examples = str(zoo.example_image("chelsea").parent)
+    out = tmp_path / "out"
+    result = runner.invoke(main, ["explain", examples, "--method", "saliency,occlusion", "--method", "grad_cam",
+                                  "--target", "tabby", "--format", "both", "--out", str(out), "--window", "56", "--stride", "56"])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{s}_{m}.{e}" for s in ("chelsea", "coffee") for m in ("saliency", "occlusion", "grad_cam")
+                           for e in ("png", "npy"))
+    assert "target 281 (tabby)" in result.output
+    ex = Explainer("mobilenet_v2")
+    x = ex.preprocessing.batch([load_image(zoo.example_image("coffee"))])
+    np.testing.assert_allclose(np.load(out / "coffee_grad_cam.npy"), ex.explain(x, "grad_cam", target=281).maps[0], rtol=1e-5, atol=1e-6)
+
+
+def test_explain_integrated_gradients_reports_the_completeness_gap(runner, tmp_path):
+    result = runner.invoke(main, ["explain", "--model", "mobilenet_v2", str(_example()), "--method", "integrated_gradients",
+                                  "--steps", "8", "--baseline", "black", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "completeness gap" in result.output and "[large: raise --steps" in result.output
+
+
+def _example(name="chelsea"):
+    from onnxsal import zoo
+
+    return zoo.example_image(name)
+
+
+def test_compare_writes_one_labelled_grid(runner, tmp_path):
+    out = tmp_path / "grid.png"
+    result = runner.invoke(main, ["compare", str(_example()), "--methods", "grad_cam,saliency,gradient_x_input", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.width == 4 * (224 + 6) + 6  # the photo and three methods in one row
+
+
+def test_zoo_methods_and_rules_listings(runner):
+    listing = runner.invoke(main, ["zoo", "list"])
+    assert listing.exit_code == 0 and "mobilenet_v2 (default)" in listing.output and "efficientnet_lite0" in listing.output
+    info = runner.invoke(main, ["zoo", "info", "efficientnet_lite0"])
+    assert info.exit_code == 0 and "Apache-2.0" in info.output and "crop then resize bicubic" in info.output
+    methods = runner.invoke(main, ["methods"])
+    assert methods.exit_code == 0 and "integrated_gradients" in methods.output and "Sundararajan" in methods.output
+    rules = runner.invoke(main, ["rules"])
+    assert rules.exit_code == 0 and "guided_backprop" in rules.output and "ConvTranspose" in rules.output
+    one_line_error(runner.invoke(main, ["zoo", "info", "resnet9000"]), "no zoo model named 'resnet9000'")
+
+
+@pytest.fixture(scope="module")
+def user_models(tmp_path_factory):
+    """A user model (not from the zoo) with a dynamic input size, and one whose head is not GAP + linear."""
+    import torch_models as tm
+
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "resnet.onnx").write_bytes(tm.export(tm.build("resnet"), "torchscript", dynamic_size=True))
+    (folder / "vgg.onnx").write_bytes(tm.export(tm.build("vgg"), "torchscript"))
+    return folder
+
+
+def test_user_model_with_flags_and_sidecar(runner, user_models, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"thing {i}" for i in range(10)))
+    args = ["explain", str(_example()), "--model", str(user_models / "resnet.onnx"), "--size", "32", "--mean", "0.5",
+            "--std", "0.25", "--labels", str(labels), "--target", "thing 7", "--out", str(tmp_path / "o"), "--method", "cam"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "target 7 (thing 7)" in result.output
+    sidecar = user_models / "resnet.preprocess.json"
+    sidecar.write_text(json.dumps({"size": 40, "crop": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}))
+    try:
+        result = runner.invoke(main, ["explain", str(_example()), "--model", str(user_models / "resnet.onnx"),
+                                      "--out", str(tmp_path / "p"), "--format", "npy"])
+        assert result.exit_code == 0, result.output
+        assert np.load(tmp_path / "p" / "chelsea_grad_cam.npy").shape == (40, 40)
+    finally:
+        sidecar.unlink()
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["explain", "missing.png"], "image file not found: missing.png"),
+    (["explain", "notes.txt"], "notes.txt is not an image file"),
+    (["explain", "broken.png"], "broken.png is a corrupt or truncated image"),
+    (["explain", "empty_dir"], "holds no image files"),
+    (["explain", "{photo}", "--model", "corrupt.onnx"], "not an ONNX model"),
+    (["explain", "{photo}", "--model", "ints.onnx"], "no float input"),
+    (["explain", "{photo}", "--method", "magic"], "unknown method 'magic'"),
+    (["explain", "{photo}", "--layer", "no_such_layer"], 'unknown layer "no_such_layer"'),
+    (["explain", "{photo}", "--target", "giraffe"], "no class named 'giraffe'"),
+    (["explain", "{photo}", "--target", "cat"], "matches several classes"),
+    (["explain", "{photo}", "--target", "1000"], "class index 1000 is out of range: the model has 1000 classes"),
+    (["explain", "{photo}", "--model", "{models}/vgg.onnx", "--method", "cam", "--size", "32"], "global average pooling"),
+    (["explain", "{photo}", "--model", "{models}/vgg.onnx", "--size", "64"], "does not fit the model, which takes 32x32"),
+    (["explain", "{photo}", "--provider", "cuda"], "needs onnxruntime-gpu"),
+    (["explain", "{photo}", "--preprocess", "nope.json"], "preprocessing file not found"),
+    (["explain", "{photo}", "--model", "{models}/vgg.onnx", "--preprocess", "big.json"], "input size 64 (from --size or the preprocessing file) does not fit"),
+    (["compare", "{photo}", "--methods", "grad_cam,nope"], "unknown method 'nope'"),
+])
+def test_cli_errors_are_one_line_and_leave_no_output(runner, tmp_path, monkeypatch, user_models, args, pattern):
+    from onnx import TensorProto, helper
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("just text")
+    (tmp_path / "broken.png").write_bytes(_example().read_bytes()[:3000])
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    (tmp_path / "big.json").write_text('{"size": 64}')
+    g = helper.make_graph([helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)], "g",
+                          [helper.make_tensor_value_info("i", TensorProto.INT64, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(g), tmp_path / "ints.onnx")
+    args = [a.format(photo=_example(), models=user_models) for a in args]
+    one_line_error(runner.invoke(main, args), pattern)
+    assert not (tmp_path / "onnxsal-out").exists() or not any((tmp_path / "onnxsal-out").iterdir())

@@ -318,8 +318,12 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def export(model: nn.Module, exporter: str, batch: int = 1, opset: int | None = None, dynamic: bool = False, **kwargs) -> bytes:
-    """ONNX bytes from torch's TorchScript ('torchscript') or dynamo ('dynamo') exporter."""
+def export(model: nn.Module, exporter: str, batch: int = 1, opset: int | None = None, dynamic: bool = False,
+           dynamic_size: bool = False, **kwargs) -> bytes:
+    """ONNX bytes from torch's TorchScript ('torchscript') or dynamo ('dynamo') exporter.
+
+    dynamic: symbolic batch axis; dynamic_size (TorchScript only): symbolic height and width too.
+    """
     x = torch.randn(batch, 3, SIZE, SIZE)
     f = io.BytesIO()
     with warnings.catch_warnings():
@@ -329,8 +333,10 @@ def export(model: nn.Module, exporter: str, batch: int = 1, opset: int | None = 
                               output_names=["logits"], verbose=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None, **kwargs)
         else:
+            axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
             torch.onnx.export(model, (x,), f, dynamo=False, opset_version=opset or 17, input_names=["image"],
-                              output_names=["logits"], dynamic_axes={"image": {0: "batch"}} if dynamic else None, **kwargs)
+                              output_names=["logits"], dynamic_axes={"image": axes} if (dynamic or dynamic_size) else None,
+                              **kwargs)
     return f.getvalue()
 
 

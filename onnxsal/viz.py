@@ -1,0 +1,147 @@
+"""Pictures of explanations: colormaps as lookup tables, overlays, gray-scale and diverging maps, grids.
+
+Maps are normalised for display by the 99th percentile of |map| (Smilkov et al. 2017): values above it
+saturate. Absolute maps go to [0, 1], signed maps to [-1, 1] (negative blue, positive red).
+Colormaps are 256-entry RGB tables interpolated between anchor colours (matplotlib's inferno and
+viridis sampled at evenly spaced points, ColorBrewer's RdBu, and the classic jet formula).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_ANCHORS = {
+    # matplotlib inferno / viridis at 0, 1/9, ..., 1
+    "inferno": [(0, 0, 4), (27, 12, 65), (74, 12, 107), (120, 28, 109), (165, 44, 96), (207, 68, 70),
+                (237, 105, 37), (251, 155, 6), (247, 209, 61), (252, 255, 164)],
+    "viridis": [(68, 1, 84), (72, 40, 120), (62, 73, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
+                (53, 183, 121), (110, 206, 88), (181, 222, 43), (253, 231, 37)],
+    # ColorBrewer RdBu (11 classes), blue for negative through white to red for positive
+    "rdbu": [(5, 48, 97), (33, 102, 172), (67, 147, 195), (146, 197, 222), (209, 229, 240), (247, 247, 247),
+             (253, 219, 199), (244, 165, 130), (214, 96, 77), (178, 24, 43), (103, 0, 31)],
+    "gray": [(0, 0, 0), (255, 255, 255)],
+}
+COLORMAPS = ("inferno", "viridis", "jet", "gray", "rdbu")
+
+
+def colormap(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table."""
+    t = np.linspace(0.0, 1.0, 256)
+    if name == "jet":
+        # piecewise-linear jet: r, g, b = clip(1.5 - |4t - c|) for c = 3, 2, 1
+        rgb = np.stack([np.clip(1.5 - np.abs(4 * t - c), 0, 1) for c in (3, 2, 1)], axis=1)
+        return (rgb * 255 + 0.5).astype(np.uint8)
+    if name not in _ANCHORS:
+        from .errors import InputError
+
+        raise InputError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+    anchors = np.asarray(_ANCHORS[name], dtype=np.float64)
+    x = np.linspace(0.0, 1.0, len(anchors))
+    rgb = np.stack([np.interp(t, x, anchors[:, c]) for c in range(3)], axis=1)
+    return (rgb + 0.5).astype(np.uint8)
+
+
+def normalize(maps: np.ndarray, signed: bool, percentile: float = 99.0) -> np.ndarray:
+    """(N, H, W) maps -> [0, 1] (or [-1, 1] when signed), clipped at the percentile of |map|."""
+    from . import kernels
+
+    return kernels.percentile_normalize(np.ascontiguousarray(maps, np.float32), percentile, signed)
+
+
+def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of one (H, W) float map to (width, height) = size."""
+    from . import kernels
+
+    width, height = size
+    if values.shape == (height, width):
+        return values
+    return kernels.bilinear_resize(np.ascontiguousarray(values[None], np.float32), height, width)[0]
+
+
+def render_map(values: np.ndarray, signed: bool, cmap: str | None = None):
+    """A normalised (H, W) map as an RGB image: gray-scale for absolute maps, blue-white-red for signed ones."""
+    from PIL import Image
+
+    lut = colormap(cmap or ("rdbu" if signed else "gray"))
+    index = ((values + 1) / 2 if signed else values) * 255
+    return Image.fromarray(lut[np.clip(index + 0.5, 0, 255).astype(np.uint8)])
+
+
+def overlay(photo, values: np.ndarray, signed: bool, cmap: str | None = None, alpha: float = 0.6, smooth: bool = False):
+    """The map over the photo.
+
+    smooth (CAM maps): the whole colormap blended at constant opacity alpha (the Grad-CAM paper's look);
+    otherwise the photo is dimmed (by 0.75 alpha) and desaturated, and the colormap laid over it with opacity
+    sqrt(|map|) (|map| for signed maps), so sparse pixel attributions stand out.
+    """
+    from PIL import Image
+
+    lut = colormap(cmap or ("rdbu" if signed else ("jet" if smooth else "inferno")))
+    values = _resize(values, photo.size)
+    index = ((values + 1) / 2 if signed else values) * 255
+    colors = lut[np.clip(index + 0.5, 0, 255).astype(np.uint8)].astype(np.float32)
+    base = np.asarray(photo.convert("RGB"), dtype=np.float32)
+    if smooth:
+        weight = np.full(values.shape + (1,), alpha, np.float32)
+    else:
+        # sparse pixel maps: a dimmed, desaturated photo keeps the context; attribution shows bright on it
+        gray = base.mean(axis=2, keepdims=True)
+        base = (0.5 * base + 0.5 * gray) * (1 - alpha * 0.75)
+        strength = np.clip(np.abs(values), 0, 1)
+        # signed maps pass through white at 0: their opacity grows linearly so near-zero pixels stay photo
+        weight = (strength if signed else np.sqrt(strength))[..., None]
+    return Image.fromarray(((1 - weight) * base + weight * colors + 0.5).clip(0, 255).astype(np.uint8))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def grid(tiles: list, labels: list[str], columns: int = 5, tile: int = 224, title: str | None = None):
+    """Labelled tiles (PIL images) in rows of `columns`, with an optional title line."""
+    from PIL import Image, ImageDraw
+
+    label_h, pad = 22, 6
+    title_h = 28 if title else 0
+    columns = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // columns)
+    width = columns * (tile + pad) + pad
+    height = title_h + rows * (tile + label_h + pad) + pad
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, 6), title, fill=(0, 0, 0), font=_font(16))
+    for k, (image, label) in enumerate(zip(tiles, labels)):
+        r, c = divmod(k, columns)
+        x, y = pad + c * (tile + pad), title_h + pad + r * (tile + label_h + pad)
+        draw.text((x, y + 3), label, fill=(0, 0, 0), font=_font(14))
+        sheet.paste(image.convert("RGB").resize((tile, tile)), (x, y + label_h))
+    return sheet
+
+
+def save_png(image, path) -> None:
+    """Write a PNG atomically (temporary name, then rename): no half-written file is ever left."""
+    import io
+    from pathlib import Path
+
+    from .cache import atomic_write
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write(Path(path), buffer.getvalue())
+
+
+def save_npy(array: np.ndarray, path) -> None:
+    import io
+    from pathlib import Path
+
+    from .cache import atomic_write
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write(Path(path), buffer.getvalue())
