@@ -7,11 +7,12 @@ Arrays are float32, C-contiguous, channel-first (N, C, h, w).
 """
 
 import numpy as np
-from numba import njit, prange
+from . import jit
+from .jit import kernel, prange
 
 
-@njit(cache=True, parallel=True)
-def channel_mean(g):
+@kernel
+def _channel_mean(g):
     n, c, h, w = g.shape
     out = np.zeros((n, c), dtype=np.float32)
     for k in prange(n * c):  # one (sample, channel) per iteration: disjoint outputs
@@ -23,11 +24,16 @@ def channel_mean(g):
     return out
 
 
+def channel_mean(g):
+    """(N, C) = mean over (h, w) of (N, C, h, w)."""
+    return channel_mean_numpy(g) if jit.use_numpy(g) else _channel_mean(g)
+
+
 def channel_mean_numpy(g):
     return g.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _weighted_sum_channel(weights, a, relu):
     n, c, h, w = a.shape
     out = np.zeros((n, h, w), dtype=np.float32)
@@ -41,7 +47,7 @@ def _weighted_sum_channel(weights, a, relu):
     return out
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _weighted_sum_elementwise(weights, a, relu):
     n, c, h, w = a.shape
     out = np.zeros((n, h, w), dtype=np.float32)
@@ -57,6 +63,8 @@ def _weighted_sum_elementwise(weights, a, relu):
 
 def weighted_sum(weights, a, relu=True):
     """(N, h, w) = relu(sum_c weights * a); weights (N, C) per channel or (N, C, h, w) per element."""
+    if jit.use_numpy(a):
+        return weighted_sum_numpy(weights, a, relu)
     if weights.ndim == 2:
         return _weighted_sum_channel(weights, a, relu)
     return _weighted_sum_elementwise(weights, a, relu)

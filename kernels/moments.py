@@ -7,27 +7,44 @@ parallel loop runs over d (disjoint columns), never over b.
 """
 
 import numpy as np
-from numba import njit, prange
+from . import jit
+from .jit import kernel, prange
 
 
-@njit(cache=True, parallel=True)
-def accumulate(acc, v, owner, weight):
+@kernel
+def _accumulate(acc, v, owner, weight):
     for d in prange(v.shape[1]):
         for b in range(v.shape[0]):
             acc[owner[b], d] += np.float64(weight[b]) * np.float64(v[b, d])
+
+
+def accumulate(acc, v, owner, weight):
+    """acc[owner[b]] += weight[b] * v[b], in place."""
+    if jit.use_numpy(v):
+        accumulate_numpy(acc, v, owner, weight)
+    else:
+        _accumulate(acc, v, owner, weight)
 
 
 def accumulate_numpy(acc, v, owner, weight):
     np.add.at(acc, owner, weight[:, None].astype(np.float64) * v)
 
 
-@njit(cache=True, parallel=True)
-def accumulate_moments(s1, s2, v, owner):
+@kernel
+def _accumulate_moments(s1, s2, v, owner):
     for d in prange(v.shape[1]):
         for b in range(v.shape[0]):
             x = np.float64(v[b, d])
             s1[owner[b], d] += x
             s2[owner[b], d] += x * x
+
+
+def accumulate_moments(s1, s2, v, owner):
+    """s1[owner[b]] += v[b], s2[owner[b]] += v[b]^2, in place."""
+    if jit.use_numpy(v):
+        accumulate_moments_numpy(s1, s2, v, owner)
+    else:
+        _accumulate_moments(s1, s2, v, owner)
 
 
 def accumulate_moments_numpy(s1, s2, v, owner):

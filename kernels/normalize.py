@@ -6,10 +6,11 @@ a map that is all zero stays zero. Percentile by linear interpolation between or
 """
 
 import numpy as np
-from numba import njit, prange
+from . import jit
+from .jit import kernel, prange
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _normalize(maps, q, signed):
     n = maps.shape[0]
     out = np.empty_like(maps)
@@ -31,6 +32,8 @@ def _normalize(maps, q, signed):
 
 def percentile_normalize(maps, q=99.0, signed=False):
     """(N, H, W) float32 -> same shape in [0, 1] (or [-1, 1] when signed)."""
+    if jit.use_numpy(maps):
+        return percentile_normalize_numpy(maps, q, signed)
     return _normalize(np.ascontiguousarray(maps, dtype=np.float32), float(q), bool(signed))
 
 

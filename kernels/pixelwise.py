@@ -5,11 +5,12 @@ scale_by_difference: out[n, ...] = acc[n, ...] * (x[n, ...] - b[n, ...])  (Integ
 """
 
 import numpy as np
-from numba import njit, prange
+from . import jit
+from .jit import kernel, prange
 
 
-@njit(cache=True, parallel=True)
-def guided_product(g, m):
+@kernel
+def _guided_product(g, m):
     n, c, h, w = g.shape
     out = np.empty_like(g)
     for k in prange(n * c):
@@ -20,11 +21,16 @@ def guided_product(g, m):
     return out
 
 
+def guided_product(g, m):
+    """(N, C, H, W) = g * m[:, None]."""
+    return guided_product_numpy(g, m) if jit.use_numpy(g) else _guided_product(g, m)
+
+
 def guided_product_numpy(g, m):
     return (g * m[:, None]).astype(np.float32)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _scale_by_difference(acc, x, b):
     out = np.empty_like(acc)
     for k in prange(acc.shape[0]):
@@ -35,6 +41,8 @@ def _scale_by_difference(acc, x, b):
 
 def scale_by_difference(acc, x, b):
     """acc * (x - b), all of one shape (N, ...)."""
+    if jit.use_numpy(acc):
+        return scale_by_difference_numpy(acc, x, b)
     n = acc.shape[0]
     out = _scale_by_difference(acc.reshape(n, -1), np.ascontiguousarray(x, np.float32).reshape(n, -1),
                                np.ascontiguousarray(b, np.float32).reshape(n, -1))

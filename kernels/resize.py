@@ -6,7 +6,8 @@ to [0, in - 1], value interpolated between floor(s) and floor(s) + 1 (clamped to
 """
 
 import numpy as np
-from numba import njit, prange
+from . import jit
+from .jit import kernel, prange
 
 
 def _axis_weights(size_in, size_out):
@@ -18,7 +19,7 @@ def _axis_weights(size_in, size_out):
     return i0, i1, (s - i0).astype(np.float32)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def _bilinear(maps, r0, r1, rt, c0, c1, ct):
     n, _, _ = maps.shape
     out_h, out_w = r0.shape[0], c0.shape[0]
@@ -35,6 +36,8 @@ def _bilinear(maps, r0, r1, rt, c0, c1, ct):
 
 def bilinear_resize(maps, height, width):
     """(N, h, w) float32 -> (N, height, width) float32."""
+    if jit.use_numpy(np.empty((len(maps), height, width), dtype=np.uint8)):
+        return bilinear_resize_numpy(maps, height, width)
     r0, r1, rt = _axis_weights(maps.shape[1], height)
     c0, c1, ct = _axis_weights(maps.shape[2], width)
     return _bilinear(np.ascontiguousarray(maps, dtype=np.float32), r0, r1, rt, c0, c1, ct)

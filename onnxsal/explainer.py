@@ -152,15 +152,34 @@ class Explainer:
         impl = METHODS[method](self, **options)
         if impl.uses_layer:
             _ = self.layer  # fail early on a model without a usable layer
-        scores = self.engine.forward(x, self.target_kind)[0]
-        targets = resolve(target, scores, self.graph.class_axis, self.labels)
-        result = impl.attribute(x, targets.seeds, progress=progress)
-        explained = (scores.astype(np.float64) * targets.seeds).reshape(len(x), -1).sum(axis=1)
+        scores = None
+        if isinstance(target, str) and target == "top" and impl.in_graph_top:
+            seeds = None  # the gradient graph picks each sample's top class: no separate forward pass
+        else:
+            if isinstance(target, str) or np.asarray(target).dtype.kind == "f":
+                scores = self.engine.forward(x, self.target_kind)[0]  # "top" and class names need the scores
+            template = scores if scores is not None else np.zeros((len(x),) + self._score_shape(), np.float32)
+            seeds = resolve(target, template, self.graph.class_axis, self.labels).seeds
+        result = impl.attribute(x, seeds, progress=progress)
+        if result.scores is not None:
+            scores = result.scores
+        elif scores is None:
+            scores = self.engine.forward(x, self.target_kind)[0]
+        if seeds is None:
+            seeds = resolve("top", scores, self.graph.class_axis).seeds
+        classes = _classes(seeds, self.graph.class_axis)
+        explained = (scores.astype(np.float64) * seeds).reshape(len(x), -1).sum(axis=1)
         return Explanation(
-            maps=result.maps, attributions=result.attributions, targets=targets.classes, scores=explained.astype(np.float32),
+            maps=result.maps, attributions=result.attributions, targets=classes, scores=explained.astype(np.float32),
             method=method, signed=bool(impl.signed), delta=result.delta,
             layer=self.layer.tensor if impl.uses_layer else None, options=dict(impl.options), info=dict(result.info),
         )
+
+    def _score_shape(self) -> tuple:
+        shape = self.graph.shapes.get(self.graph.logits_name)
+        if shape is None or any(d is None for d in shape[1:]):
+            raise MethodError("the score tensor has an unknown shape; give target='top' or weights")
+        return tuple(shape[1:])
 
     def top_classes(self, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
         """[(class, name, score)] * k per sample, highest first (softmax probabilities when the model has classes)."""
@@ -174,6 +193,15 @@ class Explainer:
             order = np.argsort(-row)[:k]
             out.append([(int(c), self.labels[c] if self.labels and c < len(self.labels) else str(c), float(row[c])) for c in order])
         return out
+
+
+def _classes(seeds: np.ndarray, class_axis: int) -> np.ndarray:
+    """The class each seed selects (-1 for a weighting that is not one-hot)."""
+    per_class = np.moveaxis(seeds, class_axis, 1).reshape(len(seeds), seeds.shape[class_axis], -1)
+    totals = np.abs(per_class).sum(axis=2)
+    classes = totals.argmax(axis=1)
+    one_hot = (np.count_nonzero(totals, axis=1) == 1) & np.isclose(per_class.max(axis=2)[np.arange(len(seeds)), classes], 1.0)
+    return np.where(one_hot, classes, -1).astype(np.int64)
 
 
 def gaussian_blur(x: np.ndarray, sigma: float, nhwc: bool) -> np.ndarray:

@@ -84,14 +84,36 @@ class GradientOutputs:
 
 
 class _Runner:
+    """One onnxruntime session; outputs are written by onnxruntime straight into caller-owned arrays."""
+
     def __init__(self, graph: ModelGraph, model, providers):
         self.graph = graph
         self.session = make_session(model.SerializeToString(), providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_shapes = {o.name: o.shape for o in self.session.get_outputs()}
 
-    def run(self, outputs: list[str], feeds: dict) -> list[np.ndarray]:
+    def allocate(self, names: list[str], batch: int) -> list[np.ndarray] | None:
+        """float32 arrays for whole-batch outputs, or None when an output's shape is not static."""
+        arrays = []
+        for name in names:
+            shape = self.output_shapes.get(name)
+            if shape is None or any(not isinstance(d, int) for d in shape[1:]):
+                return None
+            arrays.append(np.empty((batch,) + tuple(shape[1:]), dtype=np.float32))
+        return arrays
+
+    def run(self, outputs: list[str], feeds: dict, into: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Run; with `into` (C-contiguous float32 views, one per output) onnxruntime fills them in place (IOBinding)."""
         try:
-            return self.session.run(outputs, feeds)
+            if into is None:
+                return self.session.run(outputs, feeds)
+            binding = self.session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            for name, target in zip(outputs, into):
+                binding.bind_output(name, "cpu", 0, np.float32, list(target.shape), target.ctypes.data)
+            self.session.run_with_iobinding(binding)
+            return into
         except Exception as exc:  # noqa: BLE001
             line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise OnnxsalError(f"onnxruntime failed while running the model: {line}") from None
@@ -120,14 +142,16 @@ class Engine:
             self._forward[key] = (_Runner(self.graph, model, self.providers), score)
         return self._forward[key]
 
-    def gradient_runner(self, layers: Sequence[str], ruleset: str, target_kind: str, input_grad: bool) -> tuple[_Runner, str]:
-        key = (tuple(layers), ruleset, target_kind, input_grad)
+    def gradient_runner(self, layers: Sequence[str], ruleset: str, target_kind: str, input_grad: bool,
+                        top: bool = False) -> tuple[_Runner, str]:
+        key = (tuple(layers), ruleset, target_kind, input_grad, top)
         if key not in self._gradient:
             from .autodiff.augment import gradient_model
             from .cache import cached_model
 
             model, score = cached_model(
-                self.graph, "gradient", key, lambda: gradient_model(self.graph, layers, ruleset, target_kind, input_grad)
+                self.graph, "gradient", key,
+                lambda: gradient_model(self.graph, layers, ruleset, target_kind, input_grad, top=top),
             )
             self._gradient[key] = (_Runner(self.graph, model, self.providers), score)
         return self._gradient[key]
@@ -155,30 +179,38 @@ class Engine:
         """(scores, {layer: activations}) for a batch."""
         x = self._check_input(x)
         runner, score = self.forward_runner(target_kind, layers)
-        outs, acts = [], {layer: [] for layer in layers}
-        for sl in self.chunks(len(x), batch_size):
-            values = runner.run([score, *layers], {self.graph.input_name: x[sl]})
-            outs.append(values[0])
-            for layer, value in zip(layers, values[1:]):
-                acts[layer].append(value)
-        return np.concatenate(outs), {k: np.concatenate(v) for k, v in acts.items()}
+        names = [score, *layers]
+        joined = self._run_chunks(runner, names, x, {}, batch_size)
+        return joined[0], dict(zip(layers, joined[1:]))
 
-    def gradients(self, x: np.ndarray, seed: np.ndarray, layers: Sequence[str] = (), ruleset: str = "gradient",
+    def _run_chunks(self, runner: _Runner, names: list[str], x: np.ndarray, per_sample: dict,
+                    batch_size: int | None = None) -> list[np.ndarray]:
+        """Outputs `names` for the whole batch, run in chunks; each chunk is written into its slice of the result."""
+        whole = runner.allocate(names, len(x)) if x.dtype == np.float32 else None
+        parts: list[list] = [[] for _ in names]
+        for sl in self.chunks(len(x), batch_size):
+            feeds = {self.graph.input_name: x[sl], **{k: v[sl] for k, v in per_sample.items()}}
+            if whole is not None:
+                runner.run(names, feeds, into=[a[sl] for a in whole])
+            else:
+                for store, value in zip(parts, runner.run(names, feeds)):
+                    store.append(value)
+        return whole if whole is not None else [np.concatenate(p) for p in parts]
+
+    def gradients(self, x: np.ndarray, seed: np.ndarray | None, layers: Sequence[str] = (), ruleset: str = "gradient",
                   target_kind: str = "logit", input_grad: bool = True) -> GradientOutputs:
-        """Scores, d sum(seed*score)/dx and the layers' activations and gradients, for one batch (chunked as needed)."""
+        """Scores, d sum(seed*score)/dx and the layers' activations and gradients, for one batch (chunked as needed).
+
+        seed=None explains each sample's top class, chosen inside the graph (no extra forward pass).
+        """
         x = self._check_input(x)
-        runner, score = self.gradient_runner(layers, ruleset, target_kind, input_grad)
-        seed_name = runner.input_names[-1]
+        runner, score = self.gradient_runner(layers, ruleset, target_kind, input_grad, top=seed is None)
+        seed_name = runner.input_names[-1] if seed is not None else None
         names = [score] + ([f"{self.graph.input_name}_grad"] if input_grad else [])
         for layer in layers:
             names += [layer, f"{layer}_grad"]
-        parts: list[list] = [[] for _ in names]
-        seed = np.asarray(seed, dtype=x.dtype)
-        for sl in self.chunks(len(x)):
-            values = runner.run(names, {self.graph.input_name: x[sl], seed_name: seed[sl]})
-            for store, value in zip(parts, values):
-                store.append(value)
-        joined = [np.concatenate(p) for p in parts]
+        per_sample = {} if seed is None else {seed_name: np.asarray(seed, dtype=x.dtype)}
+        joined = self._run_chunks(runner, names, x, per_sample)
         out = GradientOutputs(scores=joined[0], input_grad=joined[1] if input_grad else None)
         rest = joined[2:] if input_grad else joined[1:]
         for i, layer in enumerate(layers):

@@ -13,8 +13,30 @@ from onnxsal.kernels import cam, moments, normalize, pixelwise, resize
 R = np.random.default_rng(5)
 
 
+@pytest.fixture(autouse=True, params=["serial", "parallel"])
+def compilation(request, monkeypatch):
+    """Every kernel test runs the Numba kernels (never the numpy twin), in both compilations."""
+    from onnxsal.kernels import jit
+
+    monkeypatch.setattr(jit, "FORCE_NUMPY", False)
+    monkeypatch.setattr(jit, "NUMPY_BELOW", 0)
+    monkeypatch.setattr(jit, "PARALLEL_FROM", 1 << 62 if request.param == "serial" else 0)
+    return request.param
+
+
 def f32(*shape):
     return R.standard_normal(shape).astype(np.float32)
+
+
+def test_small_work_goes_to_the_numpy_twin_and_large_to_numba(monkeypatch):
+    from onnxsal.kernels import jit
+
+    monkeypatch.setattr(jit, "NUMPY_BELOW", 100)
+    calls = []
+    monkeypatch.setattr(cam, "channel_mean_numpy", lambda g: calls.append("numpy") or g.mean(axis=(2, 3)))
+    cam.channel_mean(f32(1, 2, 3, 3))
+    cam.channel_mean(f32(2, 8, 5, 5))
+    assert calls == ["numpy"]
 
 
 def test_channel_mean():
@@ -97,8 +119,8 @@ def test_second_process_loads_kernels_from_the_cache():
     import sys
 
     code = ("import numpy as np; from onnxsal.kernels import cam; "
-            "cam.channel_mean(np.zeros((1, 2, 3, 3), np.float32)); "
-            "s = cam.channel_mean.stats; print(len(s.cache_hits), len(s.cache_misses))")
+            "cam._channel_mean(np.zeros((1, 2, 3, 3), np.float32)); "
+            "s = cam._channel_mean.stats; print(len(s.cache_hits), len(s.cache_misses))")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
             for _ in range(2)]
     hits, misses = map(int, runs[1])

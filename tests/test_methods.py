@@ -292,3 +292,17 @@ def test_methods_listing():
                  "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise", "guided_grad_cam",
                  "smoothgrad", "smoothgrad_sq", "vargrad", "integrated_gradients", "occlusion"]:
         assert listed[name]
+
+
+@pytest.mark.parametrize("method", ["saliency", "grad_cam", "guided_grad_cam"])
+def test_top_target_is_chosen_inside_the_gradient_graph(resnet, method, monkeypatch):
+    _, ex = resnet
+    explicit = ex.explain(X, method, target=list(ex.predict(X).argmax(1)))
+    calls = []
+    forward = ex.engine.forward
+    monkeypatch.setattr(ex.engine, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    top = ex.explain(X, method)
+    assert calls == []  # one gradient run gave the prediction and its explanation
+    np.testing.assert_array_equal(top.targets, explicit.targets)
+    np.testing.assert_allclose(top.scores, explicit.scores, rtol=1e-6)
+    np.testing.assert_allclose(top.maps, explicit.maps, rtol=1e-5, atol=1e-7)

@@ -39,9 +39,10 @@ def positive(*shape, low=0.3, high=2.0):
 
 
 def distinct(*shape):
-    """Values with gaps of at least 1e-3 between any two (no ties for max ops)."""
+    """Values with gaps of at least 0.06 between any two: no ties for max ops, and no finite-difference
+    step (at most ~0.04 in float32) can change which one is largest."""
     n = int(np.prod(shape))
-    return (R.permutation(n) * 0.01 + R.uniform(0, 0.004, n)).reshape(shape) - n * 0.005
+    return ((R.permutation(n) * 0.1 + R.uniform(0, 0.04, n)).reshape(shape) - n * 0.05) / max(1.0, n / 50)
 
 
 def unary(op, x=None, opset=17, **attrs):
@@ -104,6 +105,10 @@ CASES = [
     Case("Conv-valid-floor", [N("Conv", ["x", "w"], ["y"], auto_pad="VALID", strides=[3, 3])], {"x": rnd(1, 2, 11, 10)},
          {"w": rnd(3, 2, 2, 2)}),
     Case("Conv-1d", [N("Conv", ["x", "w"], ["y"], pads=[2, 1], strides=[2])], {"x": rnd(2, 3, 13)}, {"w": rnd(4, 3, 5)}),
+    Case("Conv-stride1-group-dilated-asym", [N("Conv", ["x", "w"], ["y"], group=2, dilations=[2, 1], pads=[2, 1, 0, 2])],
+         {"x": rnd(2, 4, 9, 8)}, {"w": rnd(6, 2, 3, 4)}),
+    Case("Conv-stride1-pad-beyond-kernel", [N("Conv", ["x", "w"], ["y"], pads=[3, 0, 1, 2])], {"x": rnd(1, 2, 6, 5)},
+         {"w": rnd(3, 2, 2, 3)}),
     Case("ConvTranspose", [N("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 0])],
          {"x": rnd(2, 4, 5, 6)}, {"w": rnd(4, 3, 3, 3), "b": rnd(3)}),
     Case("ConvTranspose-group-outpad", [N("ConvTranspose", ["x", "w"], ["y"], strides=[3, 2], output_padding=[2, 1], group=2)],

@@ -198,6 +198,10 @@ class RuleContext:
     def mul(self, a: str, b: str) -> str:
         return self.op("Mul", a, b)
 
+    def masked(self, grad: str, mask: str) -> str:
+        """grad where the boolean mask holds, else 0: Mul by the mask as a number (far faster than Where in onnxruntime)."""
+        return self.op("Mul", grad, self.op("Cast", mask, to=self.e.dtypes.get(grad, TensorProto.FLOAT)))
+
     def scale(self, x: str, factor: float) -> str:
         return self.op("Mul", x, self.constant(factor, like=x))
 
@@ -279,10 +283,13 @@ def build_gradient_model(
     ruleset: str = "gradient",
     seed_name: str = "seed",
     expose: Sequence[str] = (),
+    seed_tensor: str | None = None,
 ) -> onnx.ModelProto:
     """The model plus input `seed` and outputs `<t>_grad` = d sum(seed * output) / d t for t in wrt.
 
-    `expose` names extra intermediate tensors to return as outputs (e.g. activations without gradient).
+    `expose` names extra intermediate tensors to return as outputs (e.g. activations without gradient);
+    `seed_tensor` names a tensor of the graph to use as the seed instead of a new input (treated as a
+    constant: no gradient flows through it).
     """
     if ruleset not in registry.rulesets():
         raise UnsupportedOpError(f"unknown rule set {ruleset!r}; choose one of {', '.join(registry.rulesets())}")
@@ -309,8 +316,11 @@ def build_gradient_model(
             f"supported ops: {', '.join(registry.supported_ops(ruleset))}"
         )
 
-    seed_name = seed_name if seed_name not in dtypes else emitter.fresh("seed")
-    dtypes[seed_name], shapes[seed_name] = dtypes[output], shapes.get(output)
+    if seed_tensor is not None:
+        seed_name = seed_tensor
+    else:
+        seed_name = seed_name if seed_name not in dtypes else emitter.fresh("seed")
+        dtypes[seed_name], shapes[seed_name] = dtypes[output], shapes.get(output)
     grads: dict[str, list[str]] = {output: [seed_name]}
 
     def accumulated(t: str) -> str | None:
@@ -355,8 +365,9 @@ def build_gradient_model(
         emitter.nodes.append(helper.make_node("Identity", [g], [grad_name], name=f"{emitter.prefix}/{grad_name}"))
         new_outputs.append(value_info(grad_name, t))
 
-    graph.input.append(value_info(seed_name, output))
-    del dtypes[seed_name]
+    if seed_tensor is None:
+        graph.input.append(value_info(seed_name, output))
+        del dtypes[seed_name]
     graph.node.extend(emitter.nodes)
     graph.initializer.extend(emitter.initializers)
     graph.output.extend(new_outputs)

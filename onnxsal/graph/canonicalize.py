@@ -301,3 +301,50 @@ def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(inits)
     return model
+
+
+def fold_pad_into_conv(model: onnx.ModelProto, protected: set[str] = frozenset()) -> onnx.ModelProto:
+    """Pad(x, zeros on the spatial axes) -> Conv(pads=p) becomes Conv(pads=p + pad).
+
+    tf2onnx and TF-derived exports emulate SAME padding with an explicit Pad; a convolution over a
+    zero-padded input is the convolution with those pads. Only constant-mode, zero-valued, non-negative
+    pads on spatial axes, feeding a single Conv with explicit pads, are folded.
+    """
+    graph = model.graph
+    consts = constants(graph)
+    users = consumers(graph)
+    outputs = {o.name for o in graph.output}
+    drop: set[int] = set()
+    for index, pad in enumerate(graph.node):
+        if pad.op_type != "Pad" or attribute(pad, "mode", b"constant") not in (b"constant", "constant"):
+            continue
+        amounts = consts.get(pad.input[1]) if len(pad.input) > 1 else None
+        value = consts.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(())
+        has_axes = len(pad.input) > 3 and pad.input[3]
+        conv_users = users.get(pad.output[0], [])
+        if (amounts is None or value is None or has_axes or np.any(value != 0) or len(conv_users) != 1
+                or pad.output[0] in outputs or pad.output[0] in protected):
+            continue
+        conv = conv_users[0]
+        if conv.op_type != "Conv" or conv.input[0] != pad.output[0]:
+            continue
+        if attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        rank = len(amounts) // 2
+        begin, end = amounts[:rank].astype(int), amounts[rank:].astype(int)
+        if rank < 3 or begin[:2].any() or end[:2].any() or (begin < 0).any() or (end < 0).any():
+            continue
+        spatial = rank - 2
+        old = list(attribute(conv, "pads", [0] * (2 * spatial)))
+        new = [int(b) + o for b, o in zip(begin[2:], old[:spatial])] + [int(e) + o for e, o in zip(end[2:], old[spatial:])]
+        for a in list(conv.attribute):
+            if a.name == "pads":
+                conv.attribute.remove(a)
+        conv.attribute.append(helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        drop.add(index)
+    if drop:
+        keep = [n for i, n in enumerate(graph.node) if i not in drop]
+        del graph.node[:]
+        graph.node.extend(keep)
+    return model

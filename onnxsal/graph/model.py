@@ -2,8 +2,9 @@
 
 load_model(path | bytes | ModelProto) -> ModelGraph:
   read (external data too) -> check -> pick the image input and the explained output -> opset >= 17
-  -> drop Identity/Dropout -> static spatial size, symbolic batch -> fold BatchNormalization
-  -> find the pre-softmax score tensor -> shape inference.
+  -> drop Identity/Dropout -> static spatial size, symbolic batch (reshapes rewritten, shape arithmetic
+  folded) -> fold BatchNormalization and zero Pads into Conv -> find the pre-softmax score tensor
+  -> shape inference.
 """
 
 from __future__ import annotations
@@ -248,6 +249,7 @@ def load_model(
     proto = canon.fold_constants(proto, input_name)
     proto = canon.rewrite_batch_reshapes(proto, export_batch)
     proto = canon.fold_batchnorm(proto, protected=set(protected))
+    proto = canon.fold_pad_into_conv(proto, protected=set(protected))
     # declared shapes of outputs are re-derived: clear stale value_info so inference is consistent
     del proto.graph.value_info[:]
     proto = infer_shapes(proto)

@@ -44,6 +44,7 @@ class Attribution:
     attributions: np.ndarray | None = None
     delta: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    scores: np.ndarray | None = None  # the model's score tensor at x, when the method computed it
 
 
 class Method:
@@ -52,6 +53,7 @@ class Method:
     reference = ""
     signed = False
     uses_layer = False
+    in_graph_top = False  # accepts seeds=None: the top class chosen inside the gradient graph
     defaults: dict = {}
 
     def __init__(self, explainer, **options):

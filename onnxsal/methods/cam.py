@@ -23,32 +23,34 @@ def _kernels():
 class CamMethod(Method):
     uses_layer = True
     needs_gradients = True
+    in_graph_top = True
     defaults = {"relu": True}
 
     def cam_weights(self, a: np.ndarray, g: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def layer_maps(self, x, seeds) -> np.ndarray:
-        """(N, h, w) maps at the layer's resolution."""
+    def layer_maps(self, x, seeds) -> tuple[np.ndarray, np.ndarray]:
+        """((N, h, w) maps at the layer's resolution, the scores)."""
         layer = self.ex.layer
         if self.needs_gradients:
             out = self.ex.gradients(x, seeds, layers=[layer.tensor], input_grad=False)
-            a, g = out.activations[layer.tensor], out.layer_grads[layer.tensor]
+            a, g, scores = out.activations[layer.tensor], out.layer_grads[layer.tensor], out.scores
         else:
-            a, g = self.ex.activations(x, layer.tensor), None
+            scores, acts = self.ex.engine.forward(x, self.ex.target_kind, layers=[layer.tensor])
+            a, g = acts[layer.tensor], None
         layout = layer.layout or "NCHW"
         a = to_nchw(a, layout)
         g = None if g is None else to_nchw(g, layout)
         weights = np.ascontiguousarray(self.cam_weights(a, g, seeds), dtype=np.float32)
-        return _kernels().weighted_sum(weights, a, bool(self.options["relu"]))
+        return _kernels().weighted_sum(weights, a, bool(self.options["relu"])), scores
 
     def attribute(self, x, seeds, progress=None):
-        small = self.layer_maps(x, seeds)
+        small, scores = self.layer_maps(x, seeds)
         h, w = self.ex.graph.spatial_shape
         maps = _kernels().bilinear_resize(small, h, w)
         if progress:
             progress(len(x))
-        return Attribution(maps=maps)
+        return Attribution(maps=maps, scores=scores)
 
 
 @register
@@ -179,6 +181,7 @@ class CAM(CamMethod):
     description = "CAM: feature maps weighted by the classifier's weights (GAP + linear heads only)"
     reference = "Zhou et al. 2016, Learning Deep Features for Discriminative Localization, sec. 2"
     needs_gradients = False
+    in_graph_top = False
 
     def __init__(self, explainer, **options):
         super().__init__(explainer, **options)
@@ -197,15 +200,18 @@ class GuidedGradCAM(Method):
     description = "Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map"
     reference = "Selvaraju et al. 2017, Grad-CAM, sec. 3.1 (Guided Grad-CAM)"
     uses_layer = True
+    in_graph_top = True
     defaults = {"reduce": "max_abs"}
 
     def attribute(self, x, seeds, progress=None):
         if self.options["reduce"] not in REDUCTIONS:
             raise MethodError(f"unknown reduce {self.options['reduce']!r}; choose one of {', '.join(REDUCTIONS)}")
-        cam = GradCAM(self.ex).attribute(x, seeds).maps
+        grad_cam = GradCAM(self.ex).attribute(x, seeds)
+        cam = grad_cam.maps
         guided = self.ex.gradients(x, seeds, ruleset="guided_backprop").input_grad
         product = _kernels().guided_product(to_nchw(guided, self.layout), cam)
         attributions = from_nchw(product, self.layout)
         if progress:
             progress(len(x))
-        return Attribution(maps=reduce_channels(attributions, self.layout, self.options["reduce"]), attributions=attributions)
+        return Attribution(maps=reduce_channels(attributions, self.layout, self.options["reduce"]), attributions=attributions,
+                           scores=grad_cam.scores)

@@ -17,6 +17,7 @@ from ..errors import MethodError
 
 class GradientMethod(Method):
     ruleset = "gradient"
+    in_graph_top = True
     defaults = {"reduce": "max_abs", "abs": False}
 
     def __init__(self, explainer, **options):
@@ -24,17 +25,16 @@ class GradientMethod(Method):
         if self.options["reduce"] not in REDUCTIONS:
             raise MethodError(f"unknown reduce {self.options['reduce']!r}; choose one of {', '.join(REDUCTIONS)}")
 
-    def gradient(self, x, seeds):
-        return self.ex.gradients(x, seeds, ruleset=self.ruleset).input_grad
-
     def finish(self, x, grad) -> np.ndarray:
         return np.abs(grad) if self.options["abs"] else grad
 
     def attribute(self, x, seeds, progress=None):
-        attributions = self.finish(x, self.gradient(x, seeds)).astype(np.float32, copy=False)
+        out = self.ex.gradients(x, seeds, ruleset=self.ruleset)
+        attributions = self.finish(x, out.input_grad).astype(np.float32, copy=False)
         if progress:
             progress(len(x))
-        return Attribution(maps=reduce_channels(attributions, self.layout, self.options["reduce"]), attributions=attributions)
+        return Attribution(maps=reduce_channels(attributions, self.layout, self.options["reduce"]), attributions=attributions,
+                           scores=out.scores)
 
     @property
     def signed(self):

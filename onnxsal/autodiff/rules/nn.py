@@ -1,6 +1,7 @@
 """Backward rules of network layers (input gradients only; weights are constants).
 
-Conv       y[o] = sum_k x[o*s - p + k*d] w[k]  ->  dx = ConvTranspose(dy, w) with the same s, d, group
+Conv       y[o] = sum_k x[o*s - p + k*d] w[k]  ->  dx = ConvTranspose(dy, w) with the same s, d, group;
+           for stride 1, the same map as Conv(dy, rot180(w^T)) with pads (k-1)d - p, which runs faster
 ConvTranspose                                  ->  dx = Conv(dy, w)
 MaxPool    dx = scatter-add of dy through the forward node's Indices output
 AveragePool dx = ConvTranspose(dy / divisor, ones), depthwise
@@ -63,13 +64,30 @@ def _weights_are_constant(ctx):
         )
 
 
+def flipped_transposed(w: np.ndarray, group: int) -> np.ndarray:
+    """Weights of the Conv that is the adjoint of a stride-1 Conv: in/out channels swapped within each
+    group and the kernel rotated by 180 degrees. (M, C/g, k...) -> (C, M/g, k...)."""
+    m, cg = w.shape[:2]
+    kernel = w.shape[2:]
+    grouped = w.reshape((group, m // group, cg) + kernel).swapaxes(1, 2)
+    flipped = grouped[(slice(None),) * 3 + (slice(None, None, -1),) * len(kernel)]
+    return np.ascontiguousarray(flipped.reshape((group * cg, m // group) + kernel))
+
+
 @rule("Conv")
 def conv(ctx):
     _weights_are_constant(ctx)
     x, w, y = ctx.x(0), ctx.x(1), ctx.y()
     xs, ys = ctx.static_shape(x, skip_batch=True), ctx.static_shape(y, skip_batch=True)
     kernel = list(ctx.attr("kernel_shape", None) or ctx.static_shape(w)[2:])
-    strides, dilations, begin, _ = _spatial_geometry(ctx, xs[2:], kernel)
+    strides, dilations, begin, end = _spatial_geometry(ctx, xs[2:], kernel)
+    weights, group = ctx.const(w), ctx.attr("group", 1)
+    reach = [(k - 1) * d for k, d in zip(kernel, dilations)]
+    if weights is not None and all(s == 1 for s in strides) and all(r >= p for r, p in zip(reach * 2, begin + end)):
+        # stride 1: dx = Conv(dy, rot180(W^T)) with pads (k-1)d - p, onnxruntime's fast convolution path
+        pads = [r - p for r, p in zip(reach, begin)] + [r - p for r, p in zip(reach, end)]
+        return [ctx.op("Conv", ctx.dy(), ctx.constant(flipped_transposed(weights, group), like=w), pads=pads,
+                       dilations=dilations, group=group)]
     pads, out_pad = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
     return [ctx.op("ConvTranspose", ctx.dy(), w, strides=strides, dilations=dilations, pads=pads,
                    output_padding=out_pad if any(out_pad) else None, group=ctx.attr("group", 1))]
