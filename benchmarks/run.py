@@ -10,6 +10,7 @@ the fastest counts as "Captum's best setting"), pytorch-grad-cam (GradCAM, GradC
 onnxruntime-training's gradient graph (input gradient; its own virtual environment, $ONNXSAL_ORTT_PYTHON
 or .venv-ortt), and plain onnxruntime running the original model (the floor).
 
+On CUDA every framework computes in strict float32 (TF32 off in torch and onnxruntime).
 Every measurement runs in a fresh process: after setup and two warm-up calls (Numba compilation, session
 creation), `repeats` calls are timed and the median is reported, with the process's peak resident memory
 (VmHWM) and its growth over the resident memory right after setup. All explanations target class 281,
@@ -56,9 +57,9 @@ TASKS = {
     ("onnxsal", "grad_cam_plus_plus"): [{}],
     ("pytorch_grad_cam", "grad_cam_plus_plus"): [{}],
     ("onnxsal", "integrated_gradients"): [{}],
-    ("captum", "integrated_gradients"): [{"internal_batch_size": 10}, {"internal_batch_size": 25}, {"internal_batch_size": 50}],
+    ("captum", "integrated_gradients"): [{"internal_batch_size": 10}, {"internal_batch_size": 50}],
     ("onnxsal", "smoothgrad"): [{}],
-    ("captum", "smoothgrad"): [{"nt_samples_batch_size": 5}, {"nt_samples_batch_size": 10}, {"nt_samples_batch_size": 25}],
+    ("captum", "smoothgrad"): [{"nt_samples_batch_size": 5}, {"nt_samples_batch_size": 25}],
     ("onnxsal", "occlusion"): [{}],
     ("captum", "occlusion"): [{"perturbations_per_eval": 8}, {"perturbations_per_eval": 32}],
 }
@@ -131,7 +132,7 @@ def measure(spec: dict) -> dict:
     x = np.load(spec["inputs"])
     call = setup(spec, x)
     after_setup = rss_mb()
-    for _ in range(2):
+    for _ in range(spec.get("warmups", 2)):
         call()
     times = []
     for _ in range(spec["repeats"]):
@@ -149,7 +150,8 @@ def setup(spec: dict, x: np.ndarray):
     if framework == "ort":
         import onnxruntime as ort
 
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        providers = ([("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"] if device == "cuda"
+                     else ["CPUExecutionProvider"])
         sess = ort.InferenceSession(spec["onnx"], providers=providers)
         return lambda: sess.run(None, {sess.get_inputs()[0].name: x})
     if framework == "onnxsal":
@@ -170,6 +172,9 @@ def setup(spec: dict, x: np.ndarray):
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    # strict float32 everywhere (onnxsal's CUDA sessions too): no TF32 tensor-core rounding
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     model, layer = torch_model(spec["model"])
     dev = torch.device(device)
     model = model.to(dev)
@@ -278,7 +283,8 @@ def main() -> None:
     parser.add_argument("--methods", default="", help="comma-separated subset of methods")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--heavy-repeats", type=int, default=3, help="repeats for IG, SmoothGrad and occlusion")
-    parser.add_argument("--heavy-batches", default="1,16", help="batch sizes at which IG, SmoothGrad and occlusion run")
+    parser.add_argument("--heavy-batches", default="1,16", help="batch sizes at which IG and SmoothGrad run")
+    parser.add_argument("--occlusion-batches", default="1", help="batch sizes at which occlusion runs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
@@ -306,14 +312,16 @@ def main() -> None:
             for (framework, method), settings_list in TASKS.items():
                 if wanted and method not in wanted and method != "forward":
                     continue
-                if method in HEAVY and str(batch) not in args.heavy_batches.split(","):
+                allowed = args.occlusion_batches if method == "occlusion" else args.heavy_batches
+                if method in HEAVY and str(batch) not in allowed.split(","):
                     continue
                 if not available(framework):
                     continue
                 for settings in settings_list:
                     spec = {"framework": framework, "method": method, "model": model, "onnx": str(onnx_path),
                             "inputs": str(x_path), "device": args.device, "settings": settings,
-                            "repeats": args.heavy_repeats if method in HEAVY else args.repeats}
+                            "repeats": args.heavy_repeats if method in HEAVY else args.repeats,
+                            "warmups": 1 if (method in HEAVY and batch > 1) else 2}
                     r = run_one(spec)
                     row = {"model": model, "batch": batch, "framework": framework, "method": method, "settings": settings, **r}
                     results["runs"].append(row)

@@ -26,8 +26,15 @@ def accumulate(acc, v, owner, weight):
         _accumulate(acc, v, owner, weight)
 
 
+def _groups(owner):
+    """(owner value, rows) for each distinct owner: rows of one owner are summed with one vectorised call."""
+    for o in np.unique(owner):
+        yield o, np.flatnonzero(owner == o)
+
+
 def accumulate_numpy(acc, v, owner, weight):
-    np.add.at(acc, owner, weight[:, None].astype(np.float64) * v)
+    for o, rows in _groups(owner):
+        acc[o] += weight[rows].astype(np.float64) @ v[rows].astype(np.float64)
 
 
 @kernel
@@ -48,6 +55,7 @@ def accumulate_moments(s1, s2, v, owner):
 
 
 def accumulate_moments_numpy(s1, s2, v, owner):
-    v64 = v.astype(np.float64)
-    np.add.at(s1, owner, v64)
-    np.add.at(s2, owner, v64 * v64)
+    for o, rows in _groups(owner):
+        part = v[rows].astype(np.float64)
+        s1[o] += part.sum(axis=0)
+        s2[o] += (part * part).sum(axis=0)

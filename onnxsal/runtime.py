@@ -18,7 +18,8 @@ import numpy as np
 from .errors import InputError, OnnxsalError
 from .graph.model import ModelGraph
 
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations a batch may hold (forward + backward)
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations a batch may hold (forward + backward), on the CPU
+GPU_MEMORY_BUDGET = 8 << 30  # the same with the CUDA provider
 
 
 def available_providers() -> list[str]:
@@ -46,11 +47,22 @@ def session_options():
     return opts
 
 
+def provider_list(providers: Sequence | None) -> list:
+    """Providers with onnxsal's options: CUDA computes in float32 (no TF32 tensor-core rounding, which would
+    change gradients at the 1e-3 level) unless ONNXSAL_TF32=1."""
+    chosen = []
+    for p in providers or default_providers():
+        if p == "CUDAExecutionProvider":
+            p = (p, {"use_tf32": "1" if os.environ.get("ONNXSAL_TF32") == "1" else "0"})
+        chosen.append(p)
+    return chosen
+
+
 def make_session(model_bytes: bytes, providers: Sequence[str] | None):
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(model_bytes, session_options(), providers=list(providers or default_providers()))
+        return ort.InferenceSession(model_bytes, session_options(), providers=provider_list(providers))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxsalError(f"onnxruntime cannot run the model: {line}") from None
@@ -129,7 +141,8 @@ class Engine:
         self._gradient: dict = {}
         if graph.batchable is None:
             check_batching(self)
-        self.batch_size = 1 if not graph.batchable else (batch_size or default_batch_size(graph))
+        budget = GPU_MEMORY_BUDGET if "CUDAExecutionProvider" in self.providers else DEFAULT_MEMORY_BUDGET
+        self.batch_size = 1 if not graph.batchable else (batch_size or default_batch_size(graph, budget))
 
     # -- sessions
     def forward_runner(self, target_kind: str = "logit", layers: Sequence[str] = ()) -> tuple[_Runner, str]:

@@ -55,3 +55,18 @@ def test_zoo_models_auto_layer_is_the_last_feature_map():
         assert layer.shape[1:] == (1280, 7, 7), name
         if entry["default_layer"] != "auto":
             assert layer.tensor == entry["default_layer"]
+
+
+def test_backward_conv_transposes_have_symmetric_pads():
+    """onnxruntime's CUDA provider rejects ConvTranspose with asymmetric pads and runs it on the CPU (copies to and
+    from the GPU around it); every ConvTranspose the rules emit must therefore have begin pads == end pads."""
+    from onnxsal.autodiff.augment import gradient_model
+    from onnxsal.graph.utils import attribute
+
+    for name, entry in MANIFEST["models"].items():
+        model, _ = gradient_model(load_model(ZOO / entry["file"]))
+        transposes = [n for n in model.graph.node if n.op_type == "ConvTranspose"]
+        assert transposes, name
+        for node in transposes:
+            pads = list(attribute(node, "pads", [0, 0, 0, 0]))
+            assert pads[:2] == pads[2:], (name, node.name, pads)

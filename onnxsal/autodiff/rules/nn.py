@@ -44,17 +44,37 @@ def _spatial_geometry(ctx, x_spatial, kernel):
 
 
 def _transpose_geometry(x_spatial, y_spatial, kernel, strides, dilations, begin):
-    """Pads and output_padding of a ConvTranspose mapping y back onto x (the adjoint of a strided window op).
+    """(pads, output_padding, crop) of a ConvTranspose mapping y back onto x (the adjoint of a strided window op).
 
-    Its output length is s (Ho - 1) + op + (k - 1) d + 1 - pb - pe; choosing pe = s (Ho - 1) + (k - 1) d + 1 - pb - H
-    (or op = -pe when that is negative: trailing inputs no window covered) makes it H.
+    With pads (q, q) and output_padding op the output is s (Ho - 1) + op + (k - 1) d + 1 - 2q long, and its index j
+    is input position j + q - pb; so dx is that output from index pb - q, H long. Pads stay symmetric
+    (onnxruntime's CUDA ConvTranspose takes no others): q = pb when some op < max(s, d) then covers all of x,
+    else q = 0. `crop` holds (start, H) per axis where a Slice must cut the output, or None.
     """
-    pads_end, out_pad = [], []
+    pads, out_pad, crop = [], [], []
     for size, out, k, s, d, pb in zip(x_spatial, y_spatial, kernel, strides, dilations, begin):
-        pe = s * (out - 1) + (k - 1) * d + 1 - pb - size
-        pads_end.append(max(pe, 0))
-        out_pad.append(max(-pe, 0))
-    return list(begin) + pads_end, out_pad
+        most = max(s, d) - 1
+        for q in (pb, 0):
+            length = s * (out - 1) + (k - 1) * d + 1 - 2 * q
+            op = min(max(pb - q + size - length, 0), most)
+            if length + op >= pb - q + size:
+                break
+        else:
+            raise UnsupportedOpError("a strided window op leaves more uncovered input than output_padding restores")
+        pads.append(q)
+        out_pad.append(op)
+        crop.append(None if (q == pb and length + op == size) else (pb - q, size))
+    return pads * 2, out_pad, crop
+
+
+def _crop(ctx, t: str, crop) -> str:
+    """t cut to [start, start + size) on the spatial axes that need it."""
+    axes = [2 + i for i, c in enumerate(crop) if c is not None]
+    if not axes:
+        return t
+    starts = [crop[a - 2][0] for a in axes]
+    ends = [crop[a - 2][0] + crop[a - 2][1] for a in axes]
+    return ctx.op("Slice", t, ctx.ints(starts), ctx.ints(ends), ctx.ints(axes))
 
 
 def _weights_are_constant(ctx):
@@ -88,9 +108,10 @@ def conv(ctx):
         pads = [r - p for r, p in zip(reach, begin)] + [r - p for r, p in zip(reach, end)]
         return [ctx.op("Conv", ctx.dy(), ctx.constant(flipped_transposed(weights, group), like=w), pads=pads,
                        dilations=dilations, group=group)]
-    pads, out_pad = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
-    return [ctx.op("ConvTranspose", ctx.dy(), w, strides=strides, dilations=dilations, pads=pads,
-                   output_padding=out_pad if any(out_pad) else None, group=ctx.attr("group", 1))]
+    pads, out_pad, crop = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
+    dx = ctx.op("ConvTranspose", ctx.dy(), w, strides=strides, dilations=dilations, pads=pads,
+                output_padding=out_pad if any(out_pad) else None, group=group)
+    return [_crop(ctx, dx, crop)]
 
 
 @rule("ConvTranspose")
@@ -166,9 +187,10 @@ def average_pool(ctx):
     channels = xs[1]
     scaled = ctx.mul(ctx.dy(), ctx.constant((1.0 / divisor)[None, None], like=x))
     ones = ctx.constant(np.ones([channels, 1] + kernel), like=x)
-    pads, out_pad = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
-    return [ctx.op("ConvTranspose", scaled, ones, strides=strides, dilations=dilations, pads=pads,
-                   output_padding=out_pad if any(out_pad) else None, group=channels)]
+    pads, out_pad, crop = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
+    dx = ctx.op("ConvTranspose", scaled, ones, strides=strides, dilations=dilations, pads=pads,
+                output_padding=out_pad if any(out_pad) else None, group=channels)
+    return [_crop(ctx, dx, crop)]
 
 
 @rule("GlobalAveragePool")
