@@ -59,11 +59,14 @@ TASKS = {
     ("onnxsal", "integrated_gradients"): [{}],
     ("captum", "integrated_gradients"): [{"internal_batch_size": 10}, {"internal_batch_size": 50}],
     ("onnxsal", "smoothgrad"): [{}],
-    ("captum", "smoothgrad"): [{"nt_samples_batch_size": 5}, {"nt_samples_batch_size": 25}],
+    ("captum", "smoothgrad"): [{"nt_samples_batch_size": 5}, {"nt_samples_batch_size": 25}],  # per input: x batch size
     ("onnxsal", "occlusion"): [{}],
     ("captum", "occlusion"): [{"perturbations_per_eval": 8}, {"perturbations_per_eval": 32}],
 }
 HEAVY = {"integrated_gradients", "smoothgrad", "occlusion"}
+# NoiseTunnel's nt_samples_batch_size multiplies the batch: at batch 16, 25 samples per run is 400 images at once,
+# beyond this machine's 24 GB; such settings are skipped (and a run killed for memory is recorded as an error)
+MAX_EXPANDED_BATCH = 128
 
 
 # -- models ---------------------------------------------------------------------------------------------
@@ -241,7 +244,12 @@ def run_one(spec: dict) -> dict:
         cmd = [python, str(HERE / "ortt_bench.py"), json.dumps(spec)]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--task", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out after an hour"}
+    if proc.returncode < 0 or proc.returncode == 137:
+        return {"error": f"killed by signal {-proc.returncode if proc.returncode < 0 else 9} (out of memory?)"}
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -287,6 +295,7 @@ def main() -> None:
     parser.add_argument("--occlusion-batches", default="1", help="batch sizes at which occlusion runs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--name", default="", help="name of this run in the result files (default: the host name)")
     args = parser.parse_args()
     if args.task:
         print(json.dumps(measure(json.loads(args.task))))
@@ -302,6 +311,7 @@ def main() -> None:
             print("torchvision not installed: skipping resnet50")
             models.remove("resnet50")
     wanted = set(filter(None, args.methods.split(",")))
+    stem = f"{args.device}-{args.name or platform.node() or 'machine'}-{date.today().isoformat()}"
     results = {"machine": machine(), "device": args.device, "date": date.today().isoformat(), "target": TARGET,
                "steps": STEPS, "samples": SAMPLES, "stdev": STDEV, "window": WINDOW, "stride": STRIDE, "runs": []}
     for model in models:
@@ -318,6 +328,8 @@ def main() -> None:
                 if not available(framework):
                     continue
                 for settings in settings_list:
+                    if settings.get("nt_samples_batch_size", 0) * batch > MAX_EXPANDED_BATCH:
+                        continue
                     spec = {"framework": framework, "method": method, "model": model, "onnx": str(onnx_path),
                             "inputs": str(x_path), "device": args.device, "settings": settings,
                             "repeats": args.heavy_repeats if method in HEAVY else args.repeats,
@@ -327,10 +339,14 @@ def main() -> None:
                     results["runs"].append(row)
                     shown = f"{r['median_ms']:9.1f} ms  peak {r['peak_rss_mb']:7.0f} MB" if "median_ms" in r else r["error"]
                     print(f"{model:18s} B={batch:<3d} {framework:16s} {method:20s} {json.dumps(settings):34s} {shown}", flush=True)
-    stem = f"{args.device}-{platform.node() or 'machine'}-{results['date']}"
+                    save(out, stem, results)  # after every task: a crash loses nothing measured
+    save(out, stem, results)
+    print(table(results))
+
+
+def save(out: Path, stem: str, results: dict) -> None:
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     (out / f"{stem}.md").write_text(table(results))
-    print(table(results))
 
 
 def best(runs, model, batch, framework, method):

@@ -1,9 +1,10 @@
 """ONNX Runtime sessions over augmented graphs, in batches.
 
-Engine(graph) owns the sessions of one canonical model: a forward session (score and, optionally,
-layer activations) and gradient sessions keyed by (layers, rule set, target kind, input gradient).
-Inputs larger than the batch size run in chunks; a model that cannot take a batch runs one sample at
-a time. Sessions are cached per process (and augmented graphs on disk, see cache.py).
+Engine(graph) runs the sessions of one canonical model: a forward session (score and, optionally,
+layer activations) and gradient sessions keyed by (layers, rule set, target kind, input gradient,
+top-class seed). Inputs larger than the batch size run in chunks; a model that cannot take a batch runs
+one sample at a time. Sessions live in a process-wide table keyed like the disk cache of augmented
+graphs (cache.py) plus the providers, so every Engine of the same model shares them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import numpy as np
 from .errors import InputError, OnnxsalError
 from .graph.model import ModelGraph
 
+UNBATCHABLE = "the model does not run with a batch larger than 1; running one sample at a time"
+_SESSIONS: dict = {}  # (cache entry key, providers) -> _Runner, shared by every Engine of the process
+MAX_SESSIONS = 16
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations a batch may hold (forward + backward), on the CPU
 GPU_MEMORY_BUDGET = 8 << 30  # the same with the CUDA provider
 
@@ -137,37 +141,37 @@ class Engine:
     def __init__(self, graph: ModelGraph, providers: Sequence[str] | None = None, batch_size: int | None = None):
         self.graph = graph
         self.providers = list(providers) if providers else default_providers()
-        self._forward: dict = {}
-        self._gradient: dict = {}
         if graph.batchable is None:
             check_batching(self)
+        if not graph.batchable:
+            warnings.warn(UNBATCHABLE, stacklevel=3)
         budget = GPU_MEMORY_BUDGET if "CUDAExecutionProvider" in self.providers else DEFAULT_MEMORY_BUDGET
         self.batch_size = 1 if not graph.batchable else (batch_size or default_batch_size(graph, budget))
 
     # -- sessions
-    def forward_runner(self, target_kind: str = "logit", layers: Sequence[str] = ()) -> tuple[_Runner, str]:
-        key = (target_kind, tuple(layers))
-        if key not in self._forward:
-            from .autodiff.augment import forward_model
-            from .cache import cached_model
+    def _runner(self, kind: str, options: tuple, build) -> tuple[_Runner, str]:
+        """A session for an augmented model: from the process table, else built from the (disk-cached) model."""
+        from .cache import cached_model, entry_key
 
-            model, score = cached_model(self.graph, "forward", key, lambda: forward_model(self.graph, target_kind, layers))
-            self._forward[key] = (_Runner(self.graph, model, self.providers), score)
-        return self._forward[key]
+        key = (entry_key(self.graph, kind, options), repr(provider_list(self.providers)))
+        if key not in _SESSIONS:
+            model, score = cached_model(self.graph, kind, options, build)
+            if len(_SESSIONS) >= MAX_SESSIONS:
+                _SESSIONS.pop(next(iter(_SESSIONS)))
+            _SESSIONS[key] = (_Runner(self.graph, model, self.providers), score)
+        return _SESSIONS[key]
+
+    def forward_runner(self, target_kind: str = "logit", layers: Sequence[str] = ()) -> tuple[_Runner, str]:
+        from .autodiff.augment import forward_model
+
+        return self._runner("forward", (target_kind, tuple(layers)), lambda: forward_model(self.graph, target_kind, layers))
 
     def gradient_runner(self, layers: Sequence[str], ruleset: str, target_kind: str, input_grad: bool,
                         top: bool = False) -> tuple[_Runner, str]:
-        key = (tuple(layers), ruleset, target_kind, input_grad, top)
-        if key not in self._gradient:
-            from .autodiff.augment import gradient_model
-            from .cache import cached_model
+        from .autodiff import augment
 
-            model, score = cached_model(
-                self.graph, "gradient", key,
-                lambda: gradient_model(self.graph, layers, ruleset, target_kind, input_grad, top=top),
-            )
-            self._gradient[key] = (_Runner(self.graph, model, self.providers), score)
-        return self._gradient[key]
+        return self._runner("gradient", (tuple(layers), ruleset, target_kind, input_grad, top),
+                            lambda: augment.gradient_model(self.graph, layers, ruleset, target_kind, input_grad, top=top))
 
     # -- running
     def _check_input(self, x: np.ndarray) -> np.ndarray:
@@ -248,6 +252,4 @@ def check_batching(engine: Engine) -> None:
         ok = False
     graph.batchable = bool(ok)
     if not ok:
-        message = "the model does not run with a batch larger than 1; running one sample at a time"
-        graph.notes.append(message)
-        warnings.warn(message, stacklevel=3)
+        graph.notes.append(UNBATCHABLE)

@@ -122,11 +122,13 @@ def read_model(model) -> tuple[onnx.ModelProto, bytes | None, Path | None]:
             raise ModelError(f"{path} is not an ONNX model (protobuf parse failed); check the file") from None
         if not proto.graph.node and not proto.graph.input:
             raise ModelError(f"{path} is not an ONNX model (it holds no graph); check the file")
+        external = any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer)
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"cannot load the external data of {path}: {exc}") from None
-        return proto, data, path.parent
+        # the digest must cover the weights: hash the whole model when they live in other files
+        return proto, (None if external else data), path.parent
     raise ModelError(f"a model is a path, bytes or onnx.ModelProto, not {type(model).__name__}")
 
 
@@ -217,6 +219,9 @@ def _trailing_activation(proto: onnx.ModelProto, output: str) -> tuple[str, str 
     return output, None, -1
 
 
+_GRAPHS: dict = {}  # canonical graphs of this process, by (digest, options)
+
+
 def load_model(
     model,
     input_name: str | None = None,
@@ -227,10 +232,20 @@ def load_model(
     """Read, check and canonicalize a model (path, bytes or ModelProto).
 
     input_shape fixes dynamic non-batch input dimensions (e.g. (None, 3, 224, 224)); protected names
-    tensors the passes must keep (layers chosen by tensor name).
+    tensors the passes must keep (layers chosen by tensor name). A model canonicalized before in this
+    process (same content, same options) is returned from memory.
     """
     proto, data, _ = read_model(model)
     digest = model_digest(proto, data)
+    key = (digest, input_name, output_name, tuple(input_shape) if input_shape else None, tuple(protected))
+    if key not in _GRAPHS:
+        if len(_GRAPHS) >= 8:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
+        _GRAPHS[key] = _canonical(proto, data, digest, input_name, output_name, input_shape, protected)
+    return _GRAPHS[key]
+
+
+def _canonical(proto, data, digest, input_name, output_name, input_shape, protected) -> ModelGraph:
     _check(proto)
     proto = onnx.ModelProto.FromString(proto.SerializeToString()) if data is None else proto
     inp = find_input(proto, input_name)
