@@ -156,9 +156,10 @@ class Explainer:
         if isinstance(target, str) and target == "top" and impl.in_graph_top:
             seeds = None  # the gradient graph picks each sample's top class: no separate forward pass
         else:
-            if isinstance(target, str) or np.asarray(target).dtype.kind == "f":
-                scores = self.engine.forward(x, self.target_kind)[0]  # "top" and class names need the scores
-            template = scores if scores is not None else np.zeros((len(x),) + self._score_shape(), np.float32)
+            shape = None if isinstance(target, str) and target == "top" else self._known_score_shape()
+            if shape is None:
+                scores = self.engine.forward(x, self.target_kind)[0]  # "top" needs the scores; others only their shape
+            template = scores if scores is not None else np.zeros((len(x),) + shape, np.float32)
             seeds = resolve(target, template, self.graph.class_axis, self.labels).seeds
         result = impl.attribute(x, seeds, progress=progress)
         if result.scores is not None:
@@ -175,10 +176,11 @@ class Explainer:
             layer=self.layer.tensor if impl.uses_layer else None, options=dict(impl.options), info=dict(result.info),
         )
 
-    def _score_shape(self) -> tuple:
+    def _known_score_shape(self) -> tuple | None:
+        """The score tensor's shape without the batch axis, when shape inference knows it."""
         shape = self.graph.shapes.get(self.graph.logits_name)
         if shape is None or any(d is None for d in shape[1:]):
-            raise MethodError("the score tensor has an unknown shape; give target='top' or weights")
+            return None
         return tuple(shape[1:])
 
     def top_classes(self, x, k: int = 5) -> list[list[tuple[int, str, float]]]:

@@ -43,6 +43,16 @@ def _rewire(graph: onnx.GraphProto, old: str, new: str) -> None:
                 node.input[i] = new
 
 
+def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _drop_nodes(graph: onnx.GraphProto, indices: set[int]) -> None:
+    if indices:
+        _replace_nodes(graph, [n for i, n in enumerate(graph.node) if i not in indices])
+
+
 def remove_identity_dropout(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop Identity and (inference) Dropout nodes; y = x, so consumers read x directly."""
     graph = model.graph
@@ -56,8 +66,7 @@ def remove_identity_dropout(model: onnx.ModelProto) -> onnx.ModelProto:
             _rewire(graph, node.output[0], node.input[0])
             continue
         keep.append(node)
-    del graph.node[:]
-    graph.node.extend(keep)
+    _replace_nodes(graph, keep)
     return model
 
 
@@ -103,11 +112,8 @@ def fold_batchnorm(model: onnx.ModelProto, protected: set[str] = frozenset()) ->
         conv.input.extend([data, w_name, b_name])
         conv.output[0] = node.output[0]
         drop.add(index)
-    if drop:
-        keep = [n for i, n in enumerate(graph.node) if i not in drop]
-        del graph.node[:]
-        graph.node.extend(keep)
-        graph.initializer.extend(new_inits)
+    _drop_nodes(graph, drop)
+    graph.initializer.extend(new_inits)
     return model
 
 
@@ -293,9 +299,7 @@ def fold_constants(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
 def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop nodes none of whose outputs reach a graph output, and unused initializers."""
     graph = model.graph
-    keep = _needed_for(graph, {o.name for o in graph.output})
-    del graph.node[:]
-    graph.node.extend(keep)
+    _replace_nodes(graph, _needed_for(graph, {o.name for o in graph.output}))
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     inits = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
@@ -343,8 +347,5 @@ def fold_pad_into_conv(model: onnx.ModelProto, protected: set[str] = frozenset()
         conv.attribute.append(helper.make_attribute("pads", new))
         conv.input[0] = pad.input[0]
         drop.add(index)
-    if drop:
-        keep = [n for i, n in enumerate(graph.node) if i not in drop]
-        del graph.node[:]
-        graph.node.extend(keep)
+    _drop_nodes(graph, drop)
     return model
