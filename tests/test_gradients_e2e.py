@@ -104,6 +104,17 @@ def test_unbatchable_export_falls_back_to_one_sample_at_a_time():
     assert_close(out.input_grad, gx, "input gradient")
 
 
+def test_batch_probe_of_an_unbatchable_export_prints_nothing(capfd):
+    _, data = exported("vit", "torchscript")
+    graph = load_model(data)
+    graph.batchable = None  # probe again, even if an earlier test already did
+    with pytest.warns(UserWarning, match="one sample at a time"):
+        Engine(graph)
+    assert graph.batchable is False
+    err = capfd.readouterr().err
+    assert "onnxruntime" not in err and "Non concat axis" not in err, err
+
+
 def test_dynamic_batch_export_is_batchable():
     model = tm.build("vit")
     graph = load_model(tm.export(model, "torchscript", dynamic=True))
