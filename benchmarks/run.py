@@ -59,7 +59,7 @@ TASKS = {
     ("onnxsal", "integrated_gradients"): [{}],
     ("captum", "integrated_gradients"): [{"internal_batch_size": 10}, {"internal_batch_size": 50}],
     ("onnxsal", "smoothgrad"): [{}],
-    ("captum", "smoothgrad"): [{"nt_samples_batch_size": 5}, {"nt_samples_batch_size": 25}],  # per input: x batch size
+    ("captum", "smoothgrad"): [{"nt_samples_batch_size": 1}, {"nt_samples_batch_size": 5}, {"nt_samples_batch_size": 25}],  # per input: x batch size
     ("onnxsal", "occlusion"): [{}],
     ("captum", "occlusion"): [{"perturbations_per_eval": 8}, {"perturbations_per_eval": 32}],
 }
