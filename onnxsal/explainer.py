@@ -15,7 +15,7 @@ from .graph.layers import Layer, candidate_layers, select_layer
 from .graph.model import TARGET_KINDS, load_model
 from .preprocess import Preprocessing
 from .runtime import Engine, GradientOutputs
-from .targets import resolve
+from .targets import as_target
 
 BASELINES = ("black", "zeros", "gray", "mean", "blur", "uniform")
 
@@ -152,58 +152,70 @@ class Explainer:
         impl = METHODS[method](self, **options)
         if impl.uses_layer:
             _ = self.layer  # fail early on a model without a usable layer
+        goal = as_target(target, self.labels)
+        axis = self.graph.class_axis
         scores = None
-        if isinstance(target, str) and target == "top" and impl.in_graph_top:
+        if goal.in_graph and impl.in_graph_top and axis is not None:
             seeds = None  # the gradient graph picks each sample's top class: no separate forward pass
         else:
-            shape = None if isinstance(target, str) and target == "top" else self._known_score_shape()
+            shape = None if goal.needs_scores else self.graph.score_shape
             if shape is None:
-                scores = self.engine.forward(x, self.target_kind)[0]  # "top" needs the scores; others only their shape
+                scores = self.engine.forward(x, self.target_kind)[0]  # the seed needs the values, or the shape is unknown
             template = scores if scores is not None else np.zeros((len(x),) + shape, np.float32)
-            seeds = resolve(target, template, self.graph.class_axis, self.labels).seeds
+            seeds = goal.seeds(template, axis)
         result = impl.attribute(x, seeds, progress=progress)
         if result.scores is not None:
             scores = result.scores
         elif scores is None:
             scores = self.engine.forward(x, self.target_kind)[0]
         if seeds is None:
-            seeds = resolve("top", scores, self.graph.class_axis).seeds
-        classes = _classes(seeds, self.graph.class_axis)
+            seeds = goal.seeds(scores, axis)
+        classes = goal.classes(scores, axis)
         explained = (scores.astype(np.float64) * seeds).reshape(len(x), -1).sum(axis=1)
         return Explanation(
             maps=result.maps, attributions=result.attributions, targets=classes, scores=explained.astype(np.float32),
             method=method, signed=bool(impl.signed), delta=result.delta,
             layer=self.layer.tensor if impl.uses_layer else None, options=dict(impl.options), info=dict(result.info),
+            output=self.graph.output_name, target_kind=self.target_kind, target=goal.describe(self.labels),
         )
 
     def _known_score_shape(self) -> tuple | None:
         """The score tensor's shape without the batch axis, when shape inference knows it."""
-        shape = self.graph.shapes.get(self.graph.logits_name)
-        if shape is None or any(d is None for d in shape[1:]):
-            return None
-        return tuple(shape[1:])
+        return self.graph.score_shape
+
+    @property
+    def head(self):
+        """The explained output's head (graph/head.py): activation, class axis, number of classes."""
+        return self.graph.head
+
+    def describe(self) -> str:
+        """One line: which output is explained, its head, and the score kind."""
+        kind = {"logit": "the score before the activation" if self.graph.final_activation else "the raw score",
+                "probability": "the probability", "log_probability": "the log-probability"}[self.target_kind]
+        return f"{self.graph.head.describe()}; explaining {kind} (target kind {self.target_kind})"
 
     def top_classes(self, x, k: int = 5) -> list[list[tuple[int, str, float]]]:
-        """[(class, name, score)] * k per sample, highest first (softmax probabilities when the model has classes)."""
+        """[(class, name, value)] * k per sample, highest first, for models with one score per class.
+
+        The value is the probability by the head's own activation: softmax over classes (a Softmax or
+        LogSoftmax head, or a multi-class head without activation), the sigmoid of each unit (Sigmoid heads
+        and one-unit heads: multi-label / binary); [] for dense outputs and one-score-per-sample outputs.
+        """
         scores = self.engine.forward(self._batch(x), "logit")[0]
-        if scores.ndim != 2:
+        head = self.graph.head
+        if scores.ndim != 2 or head.class_axis != 1:
             return [[] for _ in scores]
-        e = np.exp(scores - scores.max(axis=1, keepdims=True))
-        probs = e / e.sum(axis=1, keepdims=True)
+        z = scores.astype(np.float64)
+        if head.probability_function() == "sigmoid":
+            probs = 1.0 / (1.0 + np.exp(-z))
+        else:
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            probs = e / e.sum(axis=1, keepdims=True)
         out = []
         for row in probs:
-            order = np.argsort(-row)[:k]
+            order = np.argsort(-row, kind="stable")[:k]
             out.append([(int(c), self.labels[c] if self.labels and c < len(self.labels) else str(c), float(row[c])) for c in order])
         return out
-
-
-def _classes(seeds: np.ndarray, class_axis: int) -> np.ndarray:
-    """The class each seed selects (-1 for a weighting that is not one-hot)."""
-    per_class = np.moveaxis(seeds, class_axis, 1).reshape(len(seeds), seeds.shape[class_axis], -1)
-    totals = np.abs(per_class).sum(axis=2)
-    classes = totals.argmax(axis=1)
-    one_hot = (np.count_nonzero(totals, axis=1) == 1) & np.isclose(per_class.max(axis=2)[np.arange(len(seeds)), classes], 1.0)
-    return np.where(one_hot, classes, -1).astype(np.int64)
 
 
 def gaussian_blur(x: np.ndarray, sigma: float, nhwc: bool) -> np.ndarray:

@@ -26,17 +26,19 @@ SEED = "seed"
 
 
 def _with_score(graph: ModelGraph, target_kind: str) -> tuple[onnx.ModelProto, str]:
+    """The model with the score of `target_kind` (graph/head.py): shaped like the explained output."""
     if target_kind not in TARGET_KINDS:
         raise OnnxsalError(f"unknown target kind {target_kind!r}; choose one of {', '.join(TARGET_KINDS)}")
     model = copy.deepcopy(graph.model)
-    name = graph.explained_name(target_kind)
-    if name not in (graph.logits_name, graph.output_name):
-        op = "Softmax" if target_kind == "probability" else "LogSoftmax"
-        model.graph.node.append(helper.make_node(op, [graph.logits_name], [name], axis=graph.class_axis, name=name))
-        dtypes, shapes = tensor_types(model)
+    dtypes, shapes = tensor_types(model)
+    nodes, name = graph.head.score_nodes(target_kind, dtypes.get(graph.logits_name, onnx.TensorProto.FLOAT))
+    if nodes:
+        model.graph.node.extend(nodes)
         shape = shapes.get(graph.logits_name)
         dims = None if shape is None else ["N" if d is None else d for d in shape]
-        model.graph.value_info.append(helper.make_tensor_value_info(name, dtypes[graph.logits_name], dims))
+        for node in nodes:
+            model.graph.value_info.append(helper.make_tensor_value_info(node.output[0], dtypes[graph.logits_name],
+                                                                        dims if node.output[0] == name else None))
     return model, name
 
 
@@ -58,21 +60,47 @@ def forward_model(graph: ModelGraph, target_kind: str = "logit", layers: Sequenc
     return model, score
 
 
-def _top_seed(model: onnx.ModelProto, score: str, axis: int, opset: int) -> str:
-    """Nodes computing seed = [score == max over the class axis] (one-hot of the top class)."""
-    top, hit, seed = f"{score}/top", f"{score}/is_top", f"{score}/top_seed"
-    if opset >= 18:
-        axes = f"{score}/class_axis"
-        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([axis], np.int64), axes))
-        reduce = helper.make_node("ReduceMax", [score, axes], [top], keepdims=1, name=top)
-    else:
-        reduce = helper.make_node("ReduceMax", [score], [top], axes=[axis], keepdims=1, name=top)
+def _top_seed(model: onnx.ModelProto, score: str, axis: int, rank: int) -> str:
+    """Nodes computing the seed of TopTarget (targets.py) in the graph: the one-hot of each sample's top class.
+
+    rank 2:  c = argmax_k score[n, k]                      (the first maximum, as numpy's argmax)
+    dense:   c = argmax_k sum_{other axes} score[n, ..., k, ...], seeded at every position of class c
+    seed = [range(K) == c], broadcast to the score's shape.
+    """
+    p = f"{score}/top"
     dtypes, _ = tensor_types(model)
-    model.graph.node.extend([
-        reduce,
-        helper.make_node("Equal", [score, top], [hit], name=hit),
-        helper.make_node("Cast", [hit], [seed], to=dtypes.get(score, onnx.TensorProto.FLOAT), name=seed),
+    init = model.graph.initializer
+    nodes = []
+    summed = score
+    others = [a for a in range(1, rank) if a != axis]
+    if others:
+        init.append(onnx.numpy_helper.from_array(np.array(others, np.int64), f"{p}/other_axes"))
+        nodes.append(helper.make_node("ReduceSum", [score, f"{p}/other_axes"], [f"{p}/summed"], keepdims=1, name=f"{p}/summed"))
+        summed = f"{p}/summed"
+    view = [1] * rank
+    view[axis] = -1
+    init.extend([
+        onnx.numpy_helper.from_array(np.array(0, np.int64), f"{p}/zero"),
+        onnx.numpy_helper.from_array(np.array(1, np.int64), f"{p}/one"),
+        onnx.numpy_helper.from_array(np.array([axis], np.int64), f"{p}/axis"),
+        onnx.numpy_helper.from_array(np.array(view, np.int64), f"{p}/view"),
     ])
+    nodes += [
+        helper.make_node("ArgMax", [summed], [f"{p}/index"], axis=axis, keepdims=1, select_last_index=0, name=f"{p}/index"),
+        helper.make_node("Shape", [score], [f"{p}/shape"], name=f"{p}/shape"),
+        helper.make_node("Gather", [f"{p}/shape", f"{p}/axis"], [f"{p}/k1"], axis=0, name=f"{p}/k1"),
+        helper.make_node("Squeeze", [f"{p}/k1"], [f"{p}/k"], name=f"{p}/k"),
+        helper.make_node("Range", [f"{p}/zero", f"{p}/k", f"{p}/one"], [f"{p}/range"], name=f"{p}/range"),
+        helper.make_node("Reshape", [f"{p}/range", f"{p}/view"], [f"{p}/classes"], name=f"{p}/classes"),
+        helper.make_node("Equal", [f"{p}/classes", f"{p}/index"], [f"{p}/hit"], name=f"{p}/hit"),
+        helper.make_node("Cast", [f"{p}/hit"], [f"{p}/onehot"], to=dtypes.get(score, onnx.TensorProto.FLOAT),
+                         name=f"{p}/onehot"),
+    ]
+    seed = f"{p}/onehot"
+    if others:
+        nodes.append(helper.make_node("Expand", [seed, f"{p}/shape"], [f"{p}/seed"], name=f"{p}/seed"))
+        seed = f"{p}/seed"
+    model.graph.node.extend(nodes)
     return seed
 
 
@@ -93,5 +121,8 @@ def gradient_model(
     wrt = ([graph.input_name] if input_grad else []) + [t for t in layers if t != graph.input_name]
     if not wrt:
         raise OnnxsalError("nothing to differentiate: ask for the input gradient or at least one layer")
-    seed = _top_seed(model, score, graph.class_axis, graph.opset) if top else None
+    if top and graph.class_axis is None:
+        raise OnnxsalError("the in-graph top class needs a class axis; this output has one score per sample")
+    rank = len(graph.shapes.get(graph.logits_name) or (None, None))
+    seed = _top_seed(model, score, graph.class_axis, rank) if top else None
     return build_gradient_model(model, score, wrt, ruleset=ruleset, seed_name=SEED, seed_tensor=seed), score

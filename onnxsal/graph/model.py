@@ -20,6 +20,7 @@ from onnx import TensorProto
 
 from ..errors import ModelError
 from . import canonicalize as canon
+from .head import Head, choose_output, detect_head
 from .utils import (
     FLOAT_TYPES,
     constants,
@@ -44,15 +45,17 @@ class ModelGraph:
     input_dtype: int
     layout: str  # "NCHW" or "NHWC" (for rank-4 image inputs), else "other"
     output_name: str  # the model output the user explains
-    logits_name: str  # the score before a trailing Softmax/LogSoftmax (== output_name when there is none)
-    final_activation: str | None  # "Softmax" | "LogSoftmax" | None
-    class_axis: int
+    logits_name: str  # the score before the head's activation, shaped like the output (== output_name without one)
+    final_activation: str | None  # "Softmax" | "LogSoftmax" | "Sigmoid" | None
+    class_axis: int | None  # class axis of the output; None for one score per sample
     sha256: str
     dtypes: dict = field(repr=False, default_factory=dict)
     shapes: dict = field(repr=False, default_factory=dict)
     notes: list = field(default_factory=list)
     batchable: bool | None = None  # decided by runtime.check_batching
     protected: tuple = ()  # tensors the canonicalizers kept (layers chosen by name)
+    head: Head | None = field(default=None, repr=False)
+    choices: list = field(default_factory=list)  # what onnxsal chose for the user (the output), said once
 
     @property
     def opset(self) -> int:
@@ -71,20 +74,15 @@ class ModelGraph:
 
     @property
     def num_classes(self) -> int | None:
-        shape = self.shapes.get(self.logits_name)
-        if not shape or len(shape) < 2:
-            return None
-        return shape[self.class_axis]
+        return self.head.num_classes if self.head is not None else None
 
-    def explained_name(self, target_kind: str) -> str:
-        """The tensor the seed multiplies for a target kind (nodes for it are added by the builder)."""
-        if target_kind == "logit":
-            return self.logits_name
-        if target_kind == "probability" and self.final_activation == "Softmax":
-            return self.output_name
-        if target_kind == "log_probability" and self.final_activation == "LogSoftmax":
-            return self.output_name
-        return f"{self.logits_name}/{target_kind}"
+    @property
+    def score_shape(self) -> tuple | None:
+        """The explained output's shape without the batch axis, when every size is known."""
+        shape = self.shapes.get(self.logits_name) or self.shapes.get(self.output_name)
+        if shape is None or any(d is None for d in shape[1:]):
+            return None
+        return tuple(shape[1:])
 
     def constants(self) -> dict[str, np.ndarray]:
         return constants(self.graph)
@@ -175,13 +173,19 @@ def find_input(proto: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto:
 
 
 def find_output(proto: onnx.ModelProto, name: str | None) -> str:
+    """The explained output: `name` (an output or any tensor), else the one that looks like class scores."""
+    return pick_output(proto, name)[0]
+
+
+def pick_output(proto: onnx.ModelProto, name: str | None) -> tuple[str, str | None]:
+    """(output name, a note when onnxsal chose among several outputs)."""
     outputs = [o.name for o in proto.graph.output]
     if name is None:
-        return outputs[0]
+        return choose_output(proto)
     if name in outputs:
-        return name
+        return name, None
     if name in producers(proto.graph):
-        return name
+        return name, None
     raise ModelError(f'the model has no output or tensor "{name}"; its outputs are: {", ".join(outputs)}')
 
 
@@ -208,15 +212,6 @@ def detect_layout(proto: onnx.ModelProto, input_name: str, shape: tuple) -> str:
     if shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4):
         return "NHWC"
     return "NCHW"
-
-
-def _trailing_activation(proto: onnx.ModelProto, output: str) -> tuple[str, str | None, int]:
-    """(logits tensor, 'Softmax'|'LogSoftmax'|None, class axis) for the explained output."""
-    node = producers(proto.graph).get(output)
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx"):
-        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-        return node.input[0], node.op_type, axis
-    return output, None, -1
 
 
 _GRAPHS: dict = {}  # canonical graphs of this process, by (digest, options)
@@ -250,8 +245,9 @@ def _canonical(proto, data, digest, input_name, output_name, input_shape, protec
     proto = onnx.ModelProto.FromString(proto.SerializeToString()) if data is None else proto
     inp = find_input(proto, input_name)
     input_name = inp.name
-    output_name = find_output(proto, output_name)
+    output_name, chosen = pick_output(proto, output_name)
     notes: list[str] = []
+    choices = [chosen] if chosen else []
 
     proto = canon.upgrade_opset(proto)
     if output_name not in {o.name for o in proto.graph.output}:
@@ -273,12 +269,12 @@ def _canonical(proto, data, digest, input_name, output_name, input_shape, protec
     inp = next(i for i in proto.graph.input if i.name == input_name)
     ishape = value_info_shape(inp)
     layout = detect_layout(proto, input_name, ishape)
-    logits, activation, axis = _trailing_activation(proto, output_name)
-    lshape = shapes.get(logits)
-    rank = len(lshape) if lshape else 2
-    class_axis = axis % rank if rank else 0
-    if activation is None and rank > 2:
-        class_axis = 1
+    head = detect_head(proto, output_name, shapes, layout)
+    extra = head.logit_nodes()
+    if extra:  # the logit in the output's shape: the tail re-applied to the activation's input
+        proto.graph.node.extend(extra)
+        proto = infer_shapes(proto)
+        dtypes, shapes = tensor_types(proto)
     return ModelGraph(
         model=proto,
         input_name=input_name,
@@ -286,12 +282,14 @@ def _canonical(proto, data, digest, input_name, output_name, input_shape, protec
         input_dtype=inp.type.tensor_type.elem_type,
         layout=layout,
         output_name=output_name,
-        logits_name=logits,
-        final_activation=activation,
-        class_axis=class_axis,
+        logits_name=head.logits,
+        final_activation=head.activation,
+        class_axis=head.class_axis,
         sha256=digest,
         dtypes=dtypes,
         shapes=shapes,
         notes=notes,
         protected=tuple(protected),
+        head=head,
+        choices=choices,
     )

@@ -34,6 +34,9 @@ class Explanation:
     layer: str | None = None
     options: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # what the method measured (e.g. model evaluations used)
+    output: str | None = None  # the model output explained
+    target_kind: str = "logit"  # logit | probability | log_probability
+    target: str = ""  # the target, in words ("the top class", "class 3 (cat)", ...)
 
 
 @dataclass
