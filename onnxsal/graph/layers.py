@@ -91,17 +91,57 @@ def _feeds(graph: ModelGraph, target: str) -> set[str]:
     return needed
 
 
+# ops that carry scores to the output without mixing channels (upsampling, layout, affine with constants)
+SCORE_CARRIERS = frozenset({
+    "Resize", "Upsample", "Identity", "Cast", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+    "Softmax", "LogSoftmax", "Sigmoid", "Add", "Sub", "Mul", "Div", "Slice", "Dropout",
+})
+CLASSIFIERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def score_tensors(graph: ModelGraph) -> set[str]:
+    """The score and what lies between it and the classifier that makes it: never a CAM layer.
+
+    From the explained score back through SCORE_CARRIERS (following the one input that depends on the
+    image) to the first classifier op (a 1x1 Conv, Gemm or MatMul), whose output is the last tensor
+    included. A segmentation model's (N, K, H, W) logits, its Resize and its classifier conv are all in
+    here, so CAM methods weight the features before them (otherwise Grad-CAM is relu(logits)).
+    """
+    made = graph.producers()
+    live = _depends_on_input(graph)
+    found = {graph.logits_name, graph.output_name}
+    tensor = graph.logits_name
+    for _ in range(64):
+        node = made.get(tensor)
+        if node is None:
+            break
+        found.add(tensor)
+        if node.op_type in CLASSIFIERS:
+            break
+        if node.op_type not in SCORE_CARRIERS:
+            break
+        # the data input: input 0 of a unary/layout op (Resize's sizes may depend on the image's shape)
+        data = [t for t in node.input if t in live] if node.op_type in ("Add", "Sub", "Mul", "Div") else node.input[:1]
+        if len(data) != 1 or data[0] not in live:
+            break
+        tensor = data[0]
+    return found
+
+
 def candidate_layers(graph: ModelGraph) -> list[Layer]:
-    """Rank-4 float feature maps that depend on the input and feed the score, in topological order."""
+    """Rank-4 float feature maps that depend on the input and feed the score, in topological order.
+
+    The score itself and the tensors between it and its classifier (score_tensors) are left out."""
     tags = _layouts(graph)
     live = _depends_on_input(graph)
     feeds = _feeds(graph, graph.logits_name)
+    scores = score_tensors(graph)
     found = []
     for node in graph.graph.node:
         for out in node.output:
             shape = graph.shapes.get(out)
             if (
-                out in live and out in feeds and shape is not None and len(shape) == 4
+                out in live and out in feeds and out not in scores and shape is not None and len(shape) == 4
                 and graph.dtypes.get(out) in FLOAT_TYPES
             ):
                 found.append(Layer(out, node.name, node.op_type, shape, tags.get(out)))

@@ -11,7 +11,7 @@ import numpy as np
 
 from .base import REDUCTIONS, Attribution, Method, from_nchw, reduce_channels, register, to_nchw
 from ..errors import MethodError
-from ..graph.utils import attribute
+from ..graph.utils import FLOAT_TYPES, attribute
 
 
 def _kernels():
@@ -125,19 +125,32 @@ class GradCAMElementwise(CamMethod):
 
 
 def linear_head(graph, layer) -> np.ndarray:
-    """W (K, C) of a head  layer -> global average pool -> [Flatten|Reshape|Squeeze] -> Gemm|MatMul [+ bias] -> score."""
+    """W (K, C) of a head  layer -> global average pool -> [Flatten|Reshape|Squeeze|Cast] -> Gemm|MatMul [+ bias] -> score.
+
+    The pool is GlobalAveragePool, ReduceMean over the spatial axes, or an AveragePool whose kernel covers
+    the whole map without padding (tf2onnx). float -> float Casts around the linear layer are no-ops. A
+    pool that already gives the scores (SqueezeNet: the layer is a class-score map) has W = identity.
+    """
     consts, users = graph.constants(), graph.consumers()
     spatial_axes = {1, 2} if layer.layout == "NHWC" else {2, 3}
     not_gap = MethodError(
         "cam needs a model whose head is global average pooling followed by one linear layer; "
         "this one differs after the layer: use grad_cam (equal to CAM up to a scale on such heads)"
     )
+    scores = graph.head.pre_activation if graph.head is not None else graph.logits_name
 
     def only_user(t):
         nodes = users.get(t, [])
         if len(nodes) != 1:
             raise not_gap
         return nodes[0]
+
+    def skip(node, ops):
+        while node.op_type in ops and node.output[0] != scores:
+            if node.op_type == "Cast" and attribute(node, "to", None) not in FLOAT_TYPES:
+                raise not_gap
+            node = only_user(node.output[0])
+        return node
 
     node = only_user(layer.tensor)
     if node.op_type == "GlobalAveragePool":
@@ -149,11 +162,23 @@ def linear_head(graph, layer) -> np.ndarray:
         rank = len(layer.shape)
         if axes is None or {int(a) % rank for a in np.asarray(axes).ravel()} != spatial_axes:
             raise not_gap
+    elif node.op_type == "AveragePool" and layer.layout != "NHWC":
+        kernel = tuple(attribute(node, "kernel_shape", ()) or ())
+        pads = list(attribute(node, "pads", []) or [])
+        if kernel != tuple(layer.spatial) or any(pads) or attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            raise not_gap
     else:
         raise not_gap
-    node = only_user(node.output[0])
-    while node.op_type in ("Flatten", "Reshape", "Squeeze"):
-        node = only_user(node.output[0])
+    if node.output[0] == scores:
+        node_out = node.output[0]
+    else:
+        node = skip(only_user(node.output[0]), ("Flatten", "Reshape", "Squeeze", "Cast"))
+        node_out = node.output[0] if node.output[0] == scores and node.op_type not in ("Gemm", "MatMul") else None
+    if node_out is not None:  # the pooled map is the score: each channel is its class
+        c = layer.channels
+        if graph.num_classes not in (None, c):
+            raise not_gap
+        return np.eye(c, dtype=np.float32)
     if node.op_type == "Gemm":
         w = consts.get(node.input[1])
         if w is None or attribute(node, "transA", 0):
@@ -167,11 +192,16 @@ def linear_head(graph, layer) -> np.ndarray:
         w = w.T
     else:
         raise not_gap
-    out = node.output[0]
-    if out != graph.logits_name:
-        bias = only_user(out)
-        if bias.op_type != "Add" or bias.output[0] != graph.logits_name:
+    t, biased = node.output[0], False
+    while t != scores:  # then only float Casts and one constant bias Add
+        after = only_user(t)
+        if after.op_type == "Cast" and attribute(after, "to", None) in FLOAT_TYPES:
+            pass
+        elif after.op_type == "Add" and not biased and any(i in consts for i in after.input if i != t):
+            biased = True
+        else:
             raise not_gap
+        t = after.output[0]
     return np.asarray(w, dtype=np.float32)
 
 
