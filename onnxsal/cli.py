@@ -35,34 +35,71 @@ def main():
     """Pixel attribution (saliency maps) for ONNX models, computed by ONNX Runtime."""
 
 
-def _load(model: str | None, input_shape=None, protected=()):
+class Size(click.ParamType):
+    """An input size: one side (224) or height x width (48x192)."""
+
+    name = "SIZE|HxW"
+
+    def convert(self, value, param, ctx):
+        from .errors import InputError
+        from .preprocess import _size
+
+        if isinstance(value, (int, tuple)):
+            return value
+        try:
+            return _size(value)
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = Size()
+IO_NAMES = [
+    click.option("--input-name", default=None, help="The image input, for models with several float inputs."),
+    click.option("--output-name", default=None,
+                 help="The output explained (default: the one that looks like class scores; onnxsal says which)."),
+]
+
+
+def io_names(fn):
+    for option in reversed(IO_NAMES):
+        fn = option(fn)
+    return fn
+
+
+def _load(model: str | None, size=None, protected=(), input_name=None, output_name=None):
     from . import zoo
     from .graph.model import load_model
+    from .workflow import model_input_shape
 
     source, _ = zoo.resolve(model)
-    return load_model(source, input_shape=input_shape, protected=protected), source
+    shape = None if size is None else model_input_shape(source, size, input_name)
+    graph = load_model(source, input_name=input_name, output_name=output_name, input_shape=shape, protected=protected)
+    return graph, source
+
+
+def _say_choices(graph, quiet=False):
+    if not quiet:
+        for line in graph.choices:
+            click.echo(f"note: {line}", err=True)
 
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("--size", type=int, help="Input height and width, for models with a dynamic spatial size.")
+@click.option("--size", type=SIZE, help="Input size (side or HxW), for models with a dynamic spatial size.")
+@io_names
 @click.option("--all-layers", is_flag=True, help="List every candidate layer, not only the last 12.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(model, size, all_layers, as_json):
+def inspect(model, size, input_name, output_name, all_layers, as_json):
     """Inputs, outputs, candidate layers and rule coverage of MODEL (a zoo name or an .onnx file)."""
     from .graph.model import read_model
     from .graph.report import format_report, inspect_model
     from .runtime import Engine
 
-    graph, source = _load(model, _spatial(size))
+    graph, source = _load(model, size, input_name=input_name, output_name=output_name)
     Engine(graph)  # decides whether the model takes a batch
     original, _, _ = read_model(source)
     report = inspect_model(graph, original)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report, str(source), all_layers))
-
-
-def _spatial(size):
-    return None if size is None else (None, 3, size, size)
 
 
 @main.command()
@@ -73,8 +110,9 @@ def _spatial(size):
 @click.option("--target-kind", type=click.Choice(["logit", "probability", "log_probability"]), default="logit", show_default=True,
               help="Which score the seed weights.")
 @click.option("--no-input-grad", is_flag=True, help="Only layer gradients (stops the backward pass at the layers).")
-@click.option("--size", type=int, help="Input height and width, for models with a dynamic spatial size.")
-def export(model, output, layers, rules, target_kind, no_input_grad, size):
+@click.option("--size", type=SIZE, help="Input size (side or HxW), for models with a dynamic spatial size.")
+@io_names
+def export(model, output, layers, rules, target_kind, no_input_grad, size, input_name, output_name):
     """Write MODEL's explanation graph: inputs <input> and seed, outputs <input>_grad, <layer>, <layer>_grad.
 
     The file runs in any ONNX runtime; feed `seed` shaped like the score (a one-hot row selects a class).
@@ -86,7 +124,9 @@ def export(model, output, layers, rules, target_kind, no_input_grad, size):
 
     if rules not in rulesets():
         raise OnnxsalError(f"unknown rule set {rules!r}; choose one of {', '.join(rulesets())}")
-    graph, _ = _load(model, _spatial(size), protected=tuple(l for l in layers if l != "auto"))
+    graph, _ = _load(model, size, protected=tuple(l for l in layers if l != "auto"), input_name=input_name,
+                     output_name=output_name)
+    _say_choices(graph)
     chosen = [select_layer(graph, name).tensor for name in layers]
     augmented, score = gradient_model(graph, chosen, rules, target_kind, input_grad=not no_input_grad)
     from pathlib import Path
@@ -115,7 +155,7 @@ def _floats(text, what):
 def preprocessing_options(fn):
     """The flags that describe how images become inputs of a model that is not from the zoo."""
     options = [
-        click.option("--size", type=click.IntRange(1), help="Input side in pixels (default: the model's, else 224)."),
+        click.option("--size", type=SIZE, help="Input size in pixels: a side or HxW, e.g. 48x192 (default: the model's, else 224)."),
         click.option("--crop", type=click.FloatRange(0, 1, min_open=True), help="Fraction of the short side kept by the centre crop (default 0.875)."),
         click.option("--mean", help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406."),
         click.option("--std", help="Per-channel std divided by, e.g. 0.229,0.224,0.225."),
@@ -126,18 +166,20 @@ def preprocessing_options(fn):
         click.option("--preprocess", "preprocess_file", type=click.Path(dir_okay=False),
                      help="JSON/TOML sidecar with those settings (default: <model>.preprocess.json beside the model)."),
         click.option("--labels", "labels_file", type=click.Path(dir_okay=False), help="Class names, one per line."),
+        *IO_NAMES,
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet=False):
+def _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet=False,
+           input_name=None, output_name=None):
     from .workflow import setup_model
 
     setup = setup_model(model, size=size, crop=crop, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), scale=scale,
                         layout=layout, bgr=bgr, interpolation=interpolation, preprocess_file=preprocess_file,
-                        labels_file=labels_file)
+                        labels_file=labels_file, input_name=input_name, output_name=output_name)
     if not quiet:
         for note in setup.notes:
             click.echo(f"note: {note}", err=True)
@@ -154,7 +196,8 @@ def _explainer(setup, layer, target_kind, batch_size, provider):
         if "CUDAExecutionProvider" not in available_providers():
             raise OnnxsalError("--provider cuda needs onnxruntime-gpu (pip install onnxsal[gpu]) and a visible GPU")
     return Explainer(setup.source, layer=layer, target_kind=target_kind, providers=providers, batch_size=batch_size,
-                     preprocessing=setup.preprocessing, input_shape=setup.input_shape, labels=setup.labels)
+                     preprocessing=setup.preprocessing, input_shape=setup.input_shape, labels=setup.labels,
+                     input_name=setup.input_name, output_name=setup.output_name)
 
 
 def method_flags(fn):
@@ -232,7 +275,7 @@ def _cli_options(steps, tolerance, baseline, samples, noise_level, base, window,
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def explain(images, model, methods, target, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
             batch_size, target_kind, provider, cmap, alpha, out_dir, fmt, size, crop, mean, std, scale, layout, bgr,
-            interpolation, preprocess_file, labels_file, quiet):
+            interpolation, preprocess_file, labels_file, input_name, output_name, quiet):
     """Explain IMAGES (files or directories) and write one picture per image and method.
 
     With no images and no model: the bundled photo of a cat, explained by the default zoo model.
@@ -248,11 +291,15 @@ def explain(images, model, methods, target, layer, steps, tolerance, baseline, s
         raise click.UsageError("give at least one image (file or directory)")
     files = image_files(images)
     chosen = parse_methods(methods or ["grad_cam"])
-    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet)
+    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
+                   input_name, output_name)
     ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
+    _say_choices(ex.graph, quiet)
     goal = parse_target(target, ex.labels, ex.num_classes)
     cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
     total = _work(ex, chosen, cli, len(files))
+    if not quiet:
+        click.echo(f"explaining {ex.describe()}")
     report = (lambda line: None) if quiet else click.echo
     with _progress(total, "explaining", enabled=not quiet and total > 8) as advance:
         written = explain_files(ex, files, chosen, goal, cli, Path(out_dir), fmt, cmap, alpha, progress=advance, report=report)
@@ -278,7 +325,7 @@ def _zoo_layer(setup):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def compare(image, model, methods, target, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
             batch_size, target_kind, provider, cmap, alpha, output, size, crop, mean, std, scale, layout, bgr,
-            interpolation, preprocess_file, labels_file, quiet):
+            interpolation, preprocess_file, labels_file, input_name, output_name, quiet):
     """One picture: IMAGE and every chosen method's map side by side, labelled."""
     from pathlib import Path
 
@@ -287,10 +334,14 @@ def compare(image, model, methods, target, layer, steps, tolerance, baseline, sa
 
     (file,) = image_files([image])
     chosen = parse_methods([methods])
-    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet)
+    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
+                   input_name, output_name)
     ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
+    _say_choices(ex.graph, quiet)
     goal = parse_target(target, ex.labels, ex.num_classes)
     cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
+    if not quiet:
+        click.echo(f"explaining {ex.describe()}")
     with _progress(_work(ex, chosen, cli, 1), "comparing", enabled=not quiet) as advance:
         sheet = compare_image(ex, file, chosen, goal, cli, cmap, alpha, progress=advance)
     path = Path(output) if output else Path("onnxsal-out") / f"{file.stem}_compare.png"

@@ -6,6 +6,8 @@ results are numpy arrays. See onnxsal.methods() for the methods and their option
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -13,7 +15,7 @@ import numpy as np
 from .errors import InputError, LayerError, MethodError
 from .graph.layers import Layer, candidate_layers, select_layer
 from .graph.model import TARGET_KINDS, load_model
-from .preprocess import Preprocessing
+from .preprocess import Preprocessing, sidecar_for
 from .runtime import Engine, GradientOutputs
 from .targets import as_target
 
@@ -29,7 +31,8 @@ class Explainer:
         'log_probability'.
     providers: onnxruntime execution providers (default: CUDA when available, then CPU).
     batch_size: samples per onnxruntime run (default: sized from the activations, at most 64).
-    preprocessing: how images map to model inputs (enables the 'black' and 'gray' baselines).
+    preprocessing: how images map to model inputs (enables the 'black' and 'gray' baselines); default: the
+        zoo model's, else `<model>.preprocess.json` / `.preprocess.toml` beside an .onnx path, as in the CLI.
     input_shape: fixes dynamic input dimensions, e.g. (None, 3, 224, 224).
     """
 
@@ -46,6 +49,11 @@ class Explainer:
             entry = zoo.entry(zoo_name)
             preprocessing = preprocessing if preprocessing is not None else entry["preprocessing"]
             labels = labels if labels is not None else zoo.labels(zoo_name)
+        elif preprocessing is None and isinstance(source, (str, os.PathLike)):
+            # the same default as the CLI: <model>.preprocess.json / .toml beside the model
+            sidecar = sidecar_for(Path(source))
+            if sidecar is not None:
+                preprocessing = Preprocessing.from_file(sidecar)
         if isinstance(preprocessing, dict):
             preprocessing = Preprocessing.from_dict(preprocessing)
         self.zoo_name = zoo_name
@@ -127,13 +135,16 @@ class Explainer:
             if self.preprocessing is None:
                 raise MethodError(f"the {spec} baseline needs the model's preprocessing (Explainer(..., preprocessing=...)); "
                                   "or use baseline='zeros'")
+            channels = x.shape[3 if nhwc else 1]
+            if self.preprocessing.channels != channels:
+                raise MethodError(f"the preprocessing has {self.preprocessing.channels} channel(s), the input {channels}")
             value = self.preprocessing.pixel_value(0.0 if spec == "black" else 127.5)
-            shape = (1, 1, 1, 3) if nhwc else (1, 3, 1, 1)
+            shape = (1, 1, 1, channels) if nhwc else (1, channels, 1, 1)
             return [np.broadcast_to(value.reshape(shape), x.shape).astype(np.float32).copy()]
         if spec == "uniform":
             rng = np.random.default_rng(seed)
             if self.preprocessing is not None:
-                pixels = rng.uniform(0, 255, size=x.shape[:1] + ((*self.graph.spatial_shape, 3)))
+                pixels = rng.uniform(0, 255, size=x.shape[:1] + ((*self.graph.spatial_shape, x.shape[3 if nhwc else 1])))
                 values = np.stack([self.preprocessing.normalize(p) for p in pixels])
                 return [np.ascontiguousarray(values if nhwc else values.transpose(0, 3, 1, 2), np.float32)]
             lo, hi = x.min(), x.max()

@@ -1,10 +1,18 @@
 """From image files to model inputs, and back to the region of the photo the model saw.
 
-Geometry (square output of side `size`):
-  resize_crop: resize the short side to round(size / crop), then centre-crop size x size
-  crop_resize: centre-crop a square of side round(min(h, w) * crop), then resize it to size x size
+Geometry (output H x W; `size` is one side for a square, or (H, W)):
+  resize_crop: resize by s = max(round(H / crop) / h, round(W / crop) / w) (for a square: the short side
+               to round(size / crop)), then centre-crop H x W
+  crop_resize: centre-crop the largest region of aspect W:H scaled by crop (for a square: a square of
+               side round(min(h, w) * crop)), then resize it to H x W
 Values: x = (pixel * scale - mean) / std per channel (pixel in 0..255, RGB unless bgr), then the
 model's layout (NCHW or NHWC) with a batch axis in front.
+
+Channels follow the model: 3 (RGB; gray images are repeated), 1 (gray: ITU-R 601-2 luma of colour
+images, as PIL's "L"), or 4 (RGBA). Images of more than 8 bits keep their precision: 16-bit images
+(PIL modes I;16*, and 16-bit PNGs read as I) are scaled by 255 / 65535, 32-bit integer images by
+255 / (2^31 - 1) (negative values clipped to 0), float images are taken as 0..1 and scaled by 255;
+pixels stay floats in 0..255 until normalisation.
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
 
 
+CHANNELS = (1, 3, 4)
+
+
 @dataclass
 class Preprocessing:
-    size: int = 224
+    size: object = 224  # one side (square) or (height, width)
     crop: float = 0.875
     order: str = "resize_crop"  # or "crop_resize"
     interpolation: str = "bilinear"
@@ -33,11 +44,16 @@ class Preprocessing:
     std: tuple = IMAGENET_STD
     layout: str = "NCHW"
     bgr: bool = False
+    channels: int = 3
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        self.mean = _triple(self.mean, "mean")
-        self.std = _triple(self.std, "std")
+        if self.channels not in CHANNELS:
+            raise InputError(f"channels is 1 (gray), 3 (RGB) or 4 (RGBA), not {self.channels!r}")
+        self.mean = _per_channel(self.mean, "mean", self.channels, IMAGENET_MEAN)
+        self.std = _per_channel(self.std, "std", self.channels, IMAGENET_STD)
+        if self.bgr and self.channels == 1:
+            self.bgr = False
         if any(s == 0 for s in self.std):
             raise InputError("std must not contain 0")
         if not 0 < self.crop <= 1:
@@ -49,9 +65,20 @@ class Preprocessing:
         self.layout = self.layout.upper()
         if self.layout not in ("NCHW", "NHWC"):
             raise InputError(f"layout is NCHW or NHWC, not {self.layout!r}")
-        if int(self.size) < 1:
-            raise InputError(f"size must be a positive number of pixels, not {self.size}")
-        self.size = int(self.size)
+        self.size = _size(self.size)
+
+    @property
+    def height(self) -> int:
+        return self.size if isinstance(self.size, int) else self.size[0]
+
+    @property
+    def width(self) -> int:
+        return self.size if isinstance(self.size, int) else self.size[1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the model input."""
+        return self.height, self.width
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
@@ -86,66 +113,158 @@ class Preprocessing:
         d = asdict(self)
         d.pop("extra")
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not isinstance(self.size, int):
+            d["size"] = list(self.size)
         return d
 
     # -- pixels -> model space
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """(H, W, 3) pixels in 0..255 -> model values, same layout."""
+        """(H, W, C) pixels in 0..255 -> model values, same layout."""
         x = pixels.astype(np.float32)
-        if self.bgr:
+        if self.bgr and x.shape[-1] >= 3:
             x = x[..., ::-1]
         return (x * np.float32(self.scale) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
     def pixel_value(self, value: float) -> np.ndarray:
         """Model-space value (per channel) of a uniform pixel value, e.g. 0 for a black image."""
-        return self.normalize(np.full((1, 1, 3), value, np.float32))[0, 0]
+        return self.normalize(np.full((1, 1, self.channels), value, np.float32))[0, 0]
+
+    def _resize_scale(self, width: int, height: int) -> float:
+        """resize_crop's scale factor for a (width, height) photo."""
+        if isinstance(self.size, int):
+            return int(round(self.size / self.crop)) / min(width, height)
+        return max(int(round(self.height / self.crop)) / height, int(round(self.width / self.crop)) / width)
 
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the region of the original photo the model sees."""
-        short = min(width, height)
         if self.order == "crop_resize":
-            side = max(1, int(round(short * self.crop)))
+            if isinstance(self.size, int):
+                rw = rh = max(1, int(round(min(width, height) * self.crop)))
+            elif width * self.height > height * self.width:  # the photo is wider than the model's aspect
+                rh = max(1, int(round(height * self.crop)))
+                rw = max(1, int(round(rh * self.width / self.height)))
+            else:
+                rw = max(1, int(round(width * self.crop)))
+                rh = max(1, int(round(rw * self.height / self.width)))
         else:
-            resized_short = int(round(self.size / self.crop))
-            side = max(1, int(round(self.size * short / resized_short)))
-        left, top = (width - side) // 2, (height - side) // 2
-        return left, top, left + side, top + side
+            scale = self._resize_scale(width, height)
+            rw = max(1, int(round(self.width / scale)))
+            rh = max(1, int(round(self.height / scale)))
+        left, top = (width - rw) // 2, (height - rh) // 2
+        return left, top, left + rw, top + rh
 
     def geometry(self, image):
-        """The PIL image the model sees: size x size RGB."""
+        """The PIL image the model sees: W x H, in the image's own mode."""
         resample = _RESAMPLE[self.interpolation]
         w, h = image.size
         if self.order == "crop_resize":
-            return image.crop(self.crop_box(w, h)).resize((self.size, self.size), resample)
-        target_short = int(round(self.size / self.crop))
-        scale = target_short / min(w, h)
+            return image.crop(self.crop_box(w, h)).resize((self.width, self.height), resample)
+        scale = self._resize_scale(w, h)
         resized = image.resize((max(1, int(round(w * scale))), max(1, int(round(h * scale)))), resample)
         rw, rh = resized.size
-        left, top = (rw - self.size) // 2, (rh - self.size) // 2
-        return resized.crop((left, top, left + self.size, top + self.size))
+        left, top = (rw - self.width) // 2, (rh - self.height) // 2
+        return resized.crop((left, top, left + self.width, top + self.height))
 
     def array(self, image) -> np.ndarray:
         """(C, H, W) or (H, W, C) float32 model input of one image (no batch axis)."""
-        x = self.normalize(np.asarray(self.geometry(image), dtype=np.float32))
+        x = self.normalize(pixels(self.geometry(image), self.channels))
         return np.ascontiguousarray(x.transpose(2, 0, 1) if self.layout == "NCHW" else x)
 
     def batch(self, images) -> np.ndarray:
         return np.stack([self.array(im) for im in images])
 
 
-def _triple(value, name):
-    if isinstance(value, (int, float)):
-        return (float(value),) * 3
-    value = tuple(float(v) for v in value)
+SIDECAR_SUFFIXES = (".preprocess.json", ".preprocess.toml")
+
+
+def sidecar_for(model_path: Path) -> Path | None:
+    """`<model>.preprocess.json` or `.preprocess.toml` beside a model file, if there is one."""
+    model_path = Path(model_path)
+    for suffix in SIDECAR_SUFFIXES:
+        candidate = model_path.with_name(model_path.stem + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _per_channel(value, name, channels: int, default: tuple) -> tuple:
+    """One float per channel from a number or a list; ImageNet's 3 defaults become their mean for 1 channel."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),) * channels
+    try:
+        value = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} takes numbers, one per channel, not {value!r}") from None
     if len(value) == 1:
-        return value * 3
-    if len(value) != 3:
-        raise InputError(f"{name} needs 1 or 3 values, got {len(value)}")
+        return value * channels
+    if len(value) == 3 and channels != 3 and value == tuple(default):
+        return (float(np.mean(value)),) * channels
+    if len(value) != channels:
+        raise InputError(f"{name} needs 1 or {channels} values (one per channel), got {len(value)}")
     return value
 
 
+def _size(value):
+    """A positive int (square side) or an (H, W) pair; "HxW" strings too."""
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+        try:
+            value = [int(p) for p in parts] if len(parts) == 2 else int(parts[0])
+        except ValueError:
+            raise InputError(f"size is a number of pixels or HxW (e.g. 224 or 48x192), not {value!r}") from None
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            value = value[0]
+        elif len(value) != 2:
+            raise InputError(f"size is one side or (height, width), not {list(value)}")
+        else:
+            h, w = (_size(v) for v in value)
+            return h if h == w else (h, w)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or int(value) != value or int(value) < 1:
+        raise InputError(f"size must be a positive number of pixels (or HxW), not {value!r}")
+    return int(value)
+
+
+def pixels(image, channels: int = 3) -> np.ndarray:
+    """(H, W, channels) float32 pixel values in 0..255 of a PIL image (from load_image)."""
+    mode = image.mode
+    if mode == "F":
+        gray = np.asarray(image, dtype=np.float32)[..., None]
+        if channels == 4:
+            return np.concatenate([np.repeat(gray, 3, axis=2), np.full_like(gray, 255.0)], axis=2)
+        return np.repeat(gray, channels, axis=2)
+    wanted = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    if mode != wanted:
+        image = image.convert(wanted)
+    x = np.asarray(image, dtype=np.float32)
+    return x[..., None] if x.ndim == 2 else x
+
+
+def _high_bit_depth(im, fmt, path):
+    """A mode-"F" image with values 0..255 for 16/32-bit integer and float images; None for 8-bit ones."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    elif mode == "I":
+        scale = 255.0 / 65535.0 if fmt == "PNG" else 255.0 / (2 ** 31 - 1)  # PNG has no 32-bit samples
+    elif mode == "F":
+        scale = 255.0
+    else:
+        return None
+    values = np.asarray(im, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"{path} holds NaN or infinite pixel values")
+    return Image.fromarray((np.clip(values, 0, None if mode != "F" else 1.0) * scale).astype(np.float32), mode="F")
+
+
 def load_image(path):
-    """An RGB PIL image from a file; one-line errors for missing, non-image and corrupt files."""
+    """A PIL image from a file: RGB for 8-bit images, mode "F" (gray, 0..255 floats) for deeper ones.
+
+    Preprocessing.array gives the model's channel count from either. One-line errors for missing,
+    non-image and corrupt files.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -156,8 +275,10 @@ def load_image(path):
     try:
         with Image.open(path) as im:
             im.load()
+            fmt = im.format
             im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
+            deep = _high_bit_depth(im, fmt, path)
+            return deep if deep is not None else im.convert("RGB")
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InputError, MethodError, TargetError
-from .preprocess import Preprocessing, load_image
+from .preprocess import Preprocessing, load_image, sidecar_for
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 CAM_LIKE = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
@@ -53,14 +53,6 @@ def read_labels(path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines()]
 
 
-def sidecar_for(model_path: Path) -> Path | None:
-    for suffix in (".preprocess.json", ".preprocess.toml", ".json", ".toml"):
-        candidate = model_path.with_name(model_path.stem + suffix)
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 @dataclass
 class ModelSetup:
     source: object
@@ -69,13 +61,16 @@ class ModelSetup:
     input_shape: tuple
     labels: list[str] | None
     notes: list[str] = field(default_factory=list)
+    input_name: str | None = None
+    output_name: str | None = None  # as the user gave it (None: onnxsal chooses, and says so)
 
 
 def setup_model(model: str | None, *, size=None, crop=None, mean=None, std=None, scale=None, layout=None, bgr=None,
-                interpolation=None, preprocess_file=None, labels_file=None, input_name=None) -> ModelSetup:
+                interpolation=None, preprocess_file=None, labels_file=None, input_name=None,
+                output_name=None) -> ModelSetup:
     """Model source, preprocessing and labels from a zoo name or an .onnx path plus CLI-style overrides."""
     from . import zoo
-    from .graph.model import detect_layout, find_input, read_model
+    from .graph.model import detect_layout, find_input, pick_output, read_model
 
     source, zoo_name = zoo.resolve(model)
     notes: list[str] = []
@@ -104,30 +99,33 @@ def setup_model(model: str | None, *, size=None, crop=None, mean=None, std=None,
     model_layout = layout.upper() if layout else detect_layout(proto, inp.name, tuple(dims))
     spatial = dims[1:3] if model_layout == "NHWC" else dims[2:4]
     channels = dims[3] if model_layout == "NHWC" else dims[1]
-    if channels not in (None, 3):
-        raise InputError(f"the model takes {channels} channels; the CLI feeds RGB images (3 channels)")
+    if channels not in (None, 1, 3, 4):
+        raise InputError(f"the model takes {channels} channels per pixel; the CLI feeds images with 1 (gray), "
+                         "3 (RGB) or 4 (RGBA) channels (use the Python API for other data)")
+    channels = channels or base.channels
     overrides = {k: v for k, v in {"crop": crop, "mean": mean, "std": std, "scale": scale, "bgr": bgr,
                                    "interpolation": interpolation}.items() if v is not None}
-    if spatial[0] is not None and spatial[0] != spatial[1]:
-        raise InputError(f"the model takes {spatial[0]}x{spatial[1]} images; the CLI makes square crops only")
+    model_size = None if spatial[0] is None or spatial[1] is None else (spatial[0], spatial[1])
     if size is not None:
         overrides["size"] = size
-    elif spatial[0] is not None and not sized:
-        overrides["size"] = spatial[0]
-    elif spatial[0] is None and not sized:
-        notes.append(f"the model takes any image size; using {base.size}x{base.size} (--size to change)")
-    prep = replace(base, layout=model_layout, **overrides)  # replace() re-validates
-    if spatial[0] is not None and spatial[0] != prep.size:
-        raise InputError(f"input size {prep.size} (from --size or the preprocessing file) does not fit the model, "
-                         f"which takes {spatial[0]}x{spatial[1]} images")
-    shape = (None, prep.size, prep.size, 3) if model_layout == "NHWC" else (None, 3, prep.size, prep.size)
+    elif model_size is not None and not sized:
+        overrides["size"] = model_size
+    elif model_size is None and not sized:
+        notes.append(f"the model takes any image size; using {base.height}x{base.width} (--size HxW to change)")
+    prep = replace(base, layout=model_layout, channels=channels, **overrides)  # replace() re-validates
+    if model_size is not None and prep.shape != model_size:
+        raise InputError(f"input size {prep.height}x{prep.width} (from --size or the preprocessing file) does not fit "
+                         f"the model, which takes {model_size[0]}x{model_size[1]} images")
+    h, w = prep.shape
+    shape = (None, h, w, channels) if model_layout == "NHWC" else (None, channels, h, w)
+    output, _ = pick_output(proto, output_name)
     if labels is None and zoo_name is None:
-        classes = _output_classes(proto)
+        classes = _output_classes(proto, output)
         if classes == 1000:
             labels = list(zoo.labels())
             notes.append("class names: ImageNet-1k, assumed from the 1000 outputs (--labels FILE to set others)")
     return ModelSetup(source=proto if zoo_name is None else source, zoo_name=zoo_name, preprocessing=prep,
-                      input_shape=shape, labels=labels, notes=notes)
+                      input_shape=shape, labels=labels, notes=notes, input_name=inp.name, output_name=output_name)
 
 
 def _sidecar_keys(path) -> set:
@@ -147,8 +145,11 @@ def _sidecar_keys(path) -> set:
     return set(data) if isinstance(data, dict) else set()
 
 
-def _output_classes(proto) -> int | None:
-    dims = proto.graph.output[0].type.tensor_type.shape.dim
+def _output_classes(proto, output: str) -> int | None:
+    found = [o for o in proto.graph.output if o.name == output]
+    if not found:
+        return None
+    dims = found[0].type.tensor_type.shape.dim
     return dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
 
 
@@ -226,10 +227,16 @@ def picture(explanation, index: int, photo, method: str, cmap: str | None, alpha
 
 
 def display_photo(image, prep: Preprocessing, max_side: int = 768):
-    """The region of the photo the model saw, at (up to max_side) its own resolution."""
+    """The region of the photo the model saw (RGB, 8-bit), at (up to max_side) its own resolution."""
+    from PIL import Image
+
     region = image.crop(prep.crop_box(*image.size))
+    if region.mode == "F":  # deep images hold 0..255 floats
+        region = Image.fromarray(np.clip(np.asarray(region), 0, 255).round().astype(np.uint8), mode="L")
+    region = region.convert("RGB")
     if max(region.size) > max_side:
-        region = region.resize((max_side, max_side))
+        scale = max_side / max(region.size)
+        region = region.resize((max(1, round(region.width * scale)), max(1, round(region.height * scale))))
     return region
 
 
@@ -243,10 +250,29 @@ def unique_stems(files: list[Path]) -> list[str]:
     return stems
 
 
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
+
+
+def zero_map_warning(file_name: str, method: str, res, k: int) -> str | None:
+    """A warning when the map of sample k is identically zero (written anyway, but never silently)."""
+    if np.any(res.maps[k]):
+        return None
+    where = f"layer {res.layer}" if res.layer else "the input"
+    return (f"warning: the {method} map of {file_name} is all zeros: the explained score does not change with {where} "
+            f"there (a ReLU-clipped CAM, a saturated probability, or a layer past the score); try another --layer, "
+            f"--target-kind logit or another method")
+
+
 def explain_files(explainer, files: list[Path], methods: list[str], target, cli_options: dict, out: Path, fmt: str,
                   cmap: str | None, alpha: float, chunk: int = 16, progress: Callable[[float], None] | None = None,
-                  report: Callable[[str], None] = print) -> list[Path]:
-    """Explain every file with every method; write <stem>_<method>.png / .npy into `out`; returns what was written."""
+                  report: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr) -> list[Path]:
+    """Explain every file with every method; write <stem>_<method>.png / .npy into `out`; returns what was written.
+
+    Per image it reports the top classes (by the head's own activation) and, per method, what was explained:
+    the target, the target kind, the output and the score."""
     written: list[Path] = []
     stems = unique_stems(files)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,8 +289,11 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
             res = explainer.explain(x, method, target=target, progress=progress, **method_options(method, cli_options))
             for k, f in enumerate(batch_files):
                 stem = stems[start + k]
-                name = _class_name(explainer, int(res.targets[k]))
-                line = f"  {method}: target {name}, score {res.scores[k]:.3f}"
+                name = _target_text(explainer, res, k)
+                line = f'  {method}: {res.target_kind} of {name} at output "{res.output}" = {res.scores[k]:.4g}'
+                warning = zero_map_warning(f.name, method, res, k)
+                if warning:
+                    warn(warning)
                 if res.delta is not None:
                     line += _gap_text(explainer, res, k, x[k:k + 1])
                 if fmt in ("png", "both"):
@@ -285,6 +314,31 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
     return written
 
 
+def _target_text(explainer, res, k: int) -> str:
+    """'class 281 (tabby)' for one class, else the target's own description."""
+    c = int(res.targets[k])
+    if " over " in res.target or c < 0:
+        return res.target
+    return f"class {_class_name(explainer, c)}"
+
+
+def model_input_shape(source, size, input_name=None) -> tuple:
+    """(None, C, H, W) or (None, H, W, C) for a model at `size` (a side or (H, W)): layout and channels from the model."""
+    from .graph.model import detect_layout, find_input, read_model
+    from .preprocess import _size
+
+    size = _size(size)
+    h, w = (size, size) if isinstance(size, int) else size
+    proto, _, _ = read_model(source)
+    inp = find_input(proto, input_name)
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise InputError(f"--size applies to image inputs; input {inp.name!r} has rank {len(dims)}")
+    layout = detect_layout(proto, inp.name, tuple(dims))
+    channels = dims[3] if layout == "NHWC" else dims[1]
+    return (None, h, w, channels) if layout == "NHWC" else (None, channels, h, w)
+
+
 def _class_name(explainer, c: int) -> str:
     if c < 0:
         return "weighted classes"
@@ -294,11 +348,8 @@ def _class_name(explainer, c: int) -> str:
 
 
 def _gap_text(explainer, res, k: int, x) -> str:
-    seeds = np.zeros((1,) + explainer.predict(x).shape[1:], np.float32)
-    if res.targets[k] >= 0:
-        seeds[0, res.targets[k]] = 1
-    baselines = explainer.baselines(x, res.options.get("baseline"))
-    span = float(explainer.score(x, seeds)[0] - np.mean([explainer.score(b, seeds)[0] for b in baselines]))
+    # delta = sum(attr) - (F(x) - F(x')), so F(x) - F(x') = sum(attr) - delta
+    span = float(res.attributions[k].astype(np.float64).sum() - res.delta[k])
     rel = abs(float(res.delta[k])) / max(abs(span), 1e-12)
     text = f", completeness gap {float(res.delta[k]):+.3f} ({rel:.1%} of F(x) - F(x'))"
     if rel > 0.05:
@@ -317,11 +368,11 @@ def compare_image(explainer, file: Path, methods: list[str], target, cli_options
     tiles, labels, chosen = [shown], ["input"], None
     for method in methods:
         res = explainer.explain(x, method, target=target, progress=progress, **method_options(method, cli_options))
-        chosen = int(res.targets[0])
+        chosen = _target_text(explainer, res, 0)
         kind = "overlay" if method in CAM_LIKE else "map"
         tiles.append(picture(res, 0, shown, method, cmap, alpha, kind))
         labels.append(method)
-    title = f"{file.name}: target {_class_name(explainer, chosen)}" if chosen is not None else file.name
+    title = f"{file.name}: {chosen}" if chosen is not None else file.name
     rows = 1 if len(tiles) <= 8 else -(-len(tiles) // 7)
     return viz.grid(tiles, labels, columns=-(-len(tiles) // rows), tile=224, title=title)
 

@@ -125,7 +125,7 @@ def test_explain_methods_formats_and_raw_maps(runner, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(f"{s}_{m}.{e}" for s in ("chelsea", "coffee") for m in ("saliency", "occlusion", "grad_cam")
                            for e in ("png", "npy"))
-    assert "target 281 (tabby)" in result.output
+    assert "logit of class 281 (tabby) at output \"logits\"" in result.output
     ex = Explainer("mobilenet_v2")
     x = ex.preprocessing.batch([load_image(zoo.example_image("coffee"))])
     np.testing.assert_allclose(np.load(out / "coffee_grad_cam.npy"), ex.explain(x, "grad_cam", target=281).maps[0], rtol=1e-5, atol=1e-6)
@@ -184,7 +184,7 @@ def test_user_model_with_flags_and_sidecar(runner, user_models, tmp_path):
             "--std", "0.25", "--labels", str(labels), "--target", "thing 7", "--out", str(tmp_path / "o"), "--method", "cam"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "target 7 (thing 7)" in result.output
+    assert "class 7 (thing 7)" in result.output
     sidecar = user_models / "resnet.preprocess.json"
     sidecar.write_text(json.dumps({"size": 40, "crop": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}))
     try:
@@ -212,7 +212,7 @@ def test_user_model_with_flags_and_sidecar(runner, user_models, tmp_path):
     (["explain", "{photo}", "--model", "{models}/vgg.onnx", "--size", "64"], "does not fit the model, which takes 32x32"),
     (["explain", "{photo}", "--provider", "cuda"], "needs onnxruntime-gpu"),
     (["explain", "{photo}", "--preprocess", "nope.json"], "preprocessing file not found"),
-    (["explain", "{photo}", "--model", "{models}/vgg.onnx", "--preprocess", "big.json"], "input size 64 (from --size or the preprocessing file) does not fit"),
+    (["explain", "{photo}", "--model", "{models}/vgg.onnx", "--preprocess", "big.json"], "input size 64x64 (from --size or the preprocessing file) does not fit"),
     (["compare", "{photo}", "--methods", "grad_cam,nope"], "unknown method 'nope'"),
 ])
 def test_cli_errors_are_one_line_and_leave_no_output(runner, tmp_path, monkeypatch, user_models, args, pattern):

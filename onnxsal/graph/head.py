@@ -311,6 +311,6 @@ def choose_output(model: onnx.ModelProto) -> tuple[str, str | None]:
 
     listed = ", ".join(f'"{o.name}" [{dims(o)}]' for o in floats)
     return best[2].name, (f'the model has {len(floats)} float outputs ({listed}); explaining "{best[2].name}" '
-                          f"because {reason}; choose another with --output NAME (output_name=)")
+                          f"because {reason}; choose another with --output-name NAME (output_name=)")
 
 
