@@ -13,6 +13,11 @@ _LAZY = {
     "load_model": ("onnxsal.graph.model", "load_model"),
     "ModelGraph": ("onnxsal.graph.model", "ModelGraph"),
     "OnnxsalError": ("onnxsal.errors", "OnnxsalError"),
+    "TopTarget": ("onnxsal.targets", "TopTarget"),
+    "ClassTarget": ("onnxsal.targets", "ClassTarget"),
+    "TopKTarget": ("onnxsal.targets", "TopKTarget"),
+    "WeightsTarget": ("onnxsal.targets", "WeightsTarget"),
+    "RegionTarget": ("onnxsal.targets", "RegionTarget"),
 }
 
 

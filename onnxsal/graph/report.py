@@ -32,7 +32,9 @@ def inspect_model(graph: ModelGraph, original: onnx.ModelProto | None = None) ->
         "input": {**_tensor(graph.input_name, graph.input_dtype, graph.input_shape), "layout": graph.layout},
         "outputs": [_tensor(o.name, graph.dtypes.get(o.name, 0), graph.shapes.get(o.name)) for o in graph.graph.output],
         "explained": {"output": graph.output_name, "score": graph.logits_name,
-                      "trailing_activation_cut": graph.final_activation, "classes": graph.num_classes},
+                      "trailing_activation_cut": graph.final_activation, "classes": graph.num_classes,
+                      "class_axis": graph.class_axis, "head": graph.head.describe() if graph.head else None,
+                      "chosen": list(graph.choices)},
         "batch": {True: "dynamic", False: "one sample at a time", None: "not checked"}[graph.batchable],
         "notes": list(graph.notes),
     }
@@ -70,8 +72,12 @@ def format_report(report: dict, source: str, all_layers: bool = False) -> str:
     for o in report["outputs"]:
         lines.append(f"output  {o['name']}  {o['dtype']} [{o['shape']}]")
     e = report["explained"]
-    cut = f" (trailing {e['trailing_activation_cut']} cut: targets are pre-softmax scores)" if e["trailing_activation_cut"] else ""
-    lines.append(f"score   {e['score']}{cut}, {e['classes']} classes")
+    cut = f" (the {e['trailing_activation_cut']} is cut: target kind logit explains the score before it)" \
+        if e["trailing_activation_cut"] else ""
+    lines.append(f"head    {e['head']}")
+    lines.append(f"score   {e['score']}{cut}, class axis {e['class_axis']}")
+    for line in e.get("chosen", []):
+        lines.append(f"note: {line}")
     lines.append("")
     layers = report["layers"]
     lines.append(f"layers  ({len(layers)} rank-4 feature maps; * = auto, the default for CAM methods)")
