@@ -357,3 +357,24 @@ def test_cam_refuses_a_head_that_is_not_gap_plus_one_linear_layer():
     ex = onnxsal.Explainer(_torch_onnx(GapHead("gap", mlp=True)))
     with pytest.raises(MethodError, match="global average pooling followed by one linear layer"):
         ex.explain(X, "cam")
+
+
+def test_dense_top_is_the_class_with_the_highest_sum_not_a_per_pixel_choice():
+    # scores = Conv1x1(x): class 0 = 10 x[0], class 1 = x[1]. Class 0 wins one pixel by far (max 500),
+    # class 1 wins every other pixel and the sum (64 > 50): "top" is class 1, seeded at every pixel.
+    w = np.zeros((2, 3, 1, 1), np.float32)
+    w[0, 0], w[1, 1] = 10.0, 1.0
+    nodes = [helper.make_node("Conv", ["x", "w"], ["prob"])]
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2, 8, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    ex = onnxsal.Explainer(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    x[0, 0, 3, 3] = 5.0
+    x[0, 1] = 1.0
+    for method in ("saliency", "gradient_x_input"):  # the graph's seed and the numpy seed
+        res = ex.explain(x, method, **({"abs": False, "reduce": "sum"} if method == "saliency" else {}))
+        np.testing.assert_array_equal(res.targets, [1])
+        assert res.scores[0] == pytest.approx(64.0)
+    # d(sum of class 1)/dx = W[1] at every pixel: channel sum 1 everywhere (a per-pixel seed gives 10 at (3, 3))
+    np.testing.assert_array_equal(ex.explain(x, "saliency", abs=False, reduce="sum").maps[0], np.ones((8, 8), np.float32))
