@@ -186,17 +186,24 @@ def rewrite_batch_reshapes(model: onnx.ModelProto, batch: int | None) -> onnx.Mo
     return model
 
 
-def set_static_spatial(model: onnx.ModelProto, input_name: str, shape: tuple | None) -> onnx.ModelProto:
-    """Fix every non-batch input dimension to a number (from the model, else from `shape`)."""
+def set_static_spatial(model: onnx.ModelProto, input_name: str, shape: tuple | None,
+                       notes: list | None = None) -> onnx.ModelProto:
+    """Fix every non-batch input dimension to a number (from `shape` where given, else from the model).
+
+    A size in `shape` that differs from a static size the model declares overrides it (fully
+    convolutional networks exported at one size run at others): the declared output sizes are dropped
+    and a line saying so goes to `notes`. Whether the network really runs at that size shows at run time.
+    """
     inp = next(i for i in model.graph.input if i.name == input_name)
     dims = inp.type.tensor_type.shape.dim
+    declared = ["N" if i == 0 else (str(d.dim_value) if d.HasField("dim_value") else "?") for i, d in enumerate(dims)]
+    overridden = False
     for axis in range(1, len(dims)):
         if dims[axis].HasField("dim_value") and dims[axis].dim_value > 0:
             if shape is not None and shape[axis] not in (None, dims[axis].dim_value):
-                raise ModelError(
-                    f'input "{input_name}" has size {dims[axis].dim_value} on axis {axis}, '
-                    f"not {shape[axis]}: resize the image to the model's input size"
-                )
+                dims[axis].Clear()
+                dims[axis].dim_value = int(shape[axis])
+                overridden = True
             continue
         if shape is None or shape[axis] is None:
             raise ModelError(
@@ -205,6 +212,14 @@ def set_static_spatial(model: onnx.ModelProto, input_name: str, shape: tuple | N
             )
         dims[axis].Clear()
         dims[axis].dim_value = int(shape[axis])
+    if overridden:
+        for out in model.graph.output:  # their declared sizes belong to the export size
+            for d in out.type.tensor_type.shape.dim[1:]:
+                d.Clear()
+        if notes is not None:
+            now = "x".join(["N"] + [str(d.dim_value) for d in dims[1:]])
+            notes.append(f'input "{input_name}" is declared {"x".join(declared)}; using {now} as asked '
+                         "(the network must be fully convolutional for this to hold)")
     return model
 
 

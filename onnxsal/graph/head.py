@@ -306,10 +306,10 @@ def choose_output(model: onnx.ModelProto) -> tuple[str, str | None]:
         "it is the first"
 
     def dims(o):
-        return "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
-                        for d in o.type.tensor_type.shape.dim)
+        return "x".join(str(d.dim_value) if d.HasField("dim_value") else ("N" if i == 0 else "?")
+                        for i, d in enumerate(o.type.tensor_type.shape.dim))
 
-    listed = ", ".join(f'"{o.name}" [{dims(o)}]' for o in floats)
+    listed = ", ".join(f'"{o.name}" [{dims(o)}]' for o in floats[:4]) + (f", ... {len(floats) - 4} more" if len(floats) > 4 else "")
     return best[2].name, (f'the model has {len(floats)} float outputs ({listed}); explaining "{best[2].name}" '
                           f"because {reason}; choose another with --output-name NAME (output_name=)")
 

@@ -254,7 +254,7 @@ def _canonical(proto, data, digest, input_name, output_name, input_shape, protec
         # an intermediate tensor chosen as the output: expose it so passes keep it
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(output_name))
     proto = canon.remove_identity_dropout(proto)
-    proto = canon.set_static_spatial(proto, input_name, input_shape)
+    proto = canon.set_static_spatial(proto, input_name, input_shape, choices)
     export_batch = canon.make_batch_symbolic(proto, input_name)
     proto = canon.rewrite_batch_reshapes(proto, export_batch)
     proto = canon.fold_constants(proto, input_name)
