@@ -203,12 +203,24 @@ def _explainer(setup, layer, target_kind, batch_size, provider):
 def method_flags(fn):
     options = [
         click.option("--target", default="top", show_default=True, help="top, a class index, or a class name."),
+        click.option("--region", default=None,
+                     help="Dense outputs: explain the --target class summed over 'predicted' (its predicted pixels), "
+                          "a box x0,y0,x1,y1 in photo pixels, or a mask image the size of the photo."),
+        click.option("--region-mean", is_flag=True, help="Average over the region instead of summing."),
+        click.option("--box", default=None,
+                     help="Detectors: explain detection N (0 = highest score), the one overlapping x0,y0,x1,y1 "
+                          "(photo pixels), or 'list' to print the detections."),
+        click.option("--decoder", type=click.Choice(["yolov8", "yolov5", "centernet", "centerface"]), default=None,
+                     help="Detector output layout for --box (default: the sidecar's \"decoder\")."),
+        click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+                     help="Detections kept for --box (default 0.5)."),
         click.option("--layer", default=None, help="Layer for CAM methods (tensor or node name; default: the zoo's or auto)."),
         click.option("--steps", type=click.IntRange(1), help="integrated_gradients: points on the path (default 50)."),
         click.option("--tolerance", type=float, help="integrated_gradients: refine until |gap| <= tolerance * |F(x) - F(x')|."),
         click.option("--baseline", help="integrated_gradients reference / occlusion fill: black, zeros, gray, mean, blur, "
                                         "uniform or a number; join several with + to average."),
-        click.option("--samples", type=click.IntRange(1), help="smoothgrad, smoothgrad_sq, vargrad: noisy copies (default 50)."),
+        click.option("--samples", type=click.IntRange(1), help="smoothgrad, smoothgrad_sq, vargrad: noisy copies (default 50); "
+                                                               "rise, drise: masks (default 1000)."),
         click.option("--noise-level", type=float, help="smoothgrad family: noise std as a fraction of the input range (default 0.15)."),
         click.option("--base", help="smoothgrad family: the method averaged (default saliency)."),
         click.option("--window", type=click.IntRange(1), help="occlusion: patch side in pixels (default 32)."),
@@ -273,7 +285,7 @@ def _cli_options(steps, tolerance, baseline, samples, noise_level, base, window,
               help="Overlay PNGs, raw maps (.npy, float32 HxW), or both.")
 @preprocessing_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def explain(images, model, methods, target, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
+def explain(images, model, methods, target, region, region_mean, box, decoder, score_threshold, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
             batch_size, target_kind, provider, cmap, alpha, out_dir, fmt, size, crop, mean, std, scale, layout, bgr,
             interpolation, preprocess_file, labels_file, input_name, output_name, quiet):
     """Explain IMAGES (files or directories) and write one picture per image and method.
@@ -298,13 +310,54 @@ def explain(images, model, methods, target, layer, steps, tolerance, baseline, s
     goal = parse_target(target, ex.labels, ex.num_classes)
     cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
     total = _work(ex, chosen, cli, len(files))
+    dense = _dense(ex, region, region_mean, box, decoder, score_threshold)
+    cli["decoder"] = dense.decoder if dense else None
+    if box == "list":
+        from .workflow import list_detections
+
+        list_detections(ex, files, dense.decoder, score_threshold, report=click.echo)
+        return
     if not quiet:
         click.echo(f"explaining {ex.describe()}")
     report = (lambda line: None) if quiet else click.echo
     with _progress(total, "explaining", enabled=not quiet and total > 8) as advance:
-        written = explain_files(ex, files, chosen, goal, cli, Path(out_dir), fmt, cmap, alpha, progress=advance, report=report)
+        written = explain_files(ex, files, chosen, goal, cli, Path(out_dir), fmt, cmap, alpha, progress=advance, report=report,
+                                dense=dense)
     if not quiet:
         click.echo(f"wrote {len(written)} file(s) to {out_dir}")
+
+
+def _dense(ex, region, region_mean, box, decoder, score_threshold):
+    """The --region / --box settings (None when neither is given)."""
+    from .errors import TargetError
+    from .workflow import DenseSpec
+
+    if region is not None and box is not None:
+        raise TargetError("--region and --box explain different things; give one")
+    if region is None and box is None:
+        if region_mean or decoder or score_threshold is not None:
+            raise TargetError("--region-mean goes with --region; --decoder and --score-threshold with --box")
+        return None
+    if region is not None:
+        from .workflow import score_spatial
+
+        score_spatial(ex)  # refuse a classifier's output, or a malformed region, before anything runs
+        from pathlib import Path
+
+        from .workflow import parse_box
+
+        if region != "predicted" and parse_box(region) is None and not Path(region).is_file():
+            raise TargetError(f"--region is predicted, x0,y0,x1,y1 or a mask image; {region!r} is none of them")
+    if box is not None and box != "list" and not box.strip().isdigit():
+        from .workflow import parse_box
+
+        if parse_box(box) is None:
+            raise TargetError(f"--box is a detection index (0 = the highest score), x0,y0,x1,y1 or list; not {box!r}")
+    chosen = decoder or (ex.preprocessing.extra.get("decoder") if ex.preprocessing is not None else None)
+    if box is not None and chosen is None:
+        raise TargetError("--box needs the detector's layout: --decoder yolov8|yolov5|centernet|centerface "
+                               "(or \"decoder\" in the model's .preprocess.json)")
+    return DenseSpec(region=region, region_mean=region_mean, box=box, decoder=chosen, threshold=score_threshold)
 
 
 def _zoo_layer(setup):
@@ -323,7 +376,7 @@ def _zoo_layer(setup):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output PNG (default: onnxsal-out/<image>_compare.png).")
 @preprocessing_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def compare(image, model, methods, target, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
+def compare(image, model, methods, target, region, region_mean, box, decoder, score_threshold, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
             batch_size, target_kind, provider, cmap, alpha, output, size, crop, mean, std, scale, layout, bgr,
             interpolation, preprocess_file, labels_file, input_name, output_name, quiet):
     """One picture: IMAGE and every chosen method's map side by side, labelled."""
@@ -342,8 +395,11 @@ def compare(image, model, methods, target, layer, steps, tolerance, baseline, sa
     cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
     if not quiet:
         click.echo(f"explaining {ex.describe()}")
+    dense = _dense(ex, region, region_mean, box, decoder, score_threshold)
+    cli["decoder"] = dense.decoder if dense else None
+    report = (lambda line: None) if quiet else click.echo
     with _progress(_work(ex, chosen, cli, 1), "comparing", enabled=not quiet) as advance:
-        sheet = compare_image(ex, file, chosen, goal, cli, cmap, alpha, progress=advance)
+        sheet = compare_image(ex, file, chosen, goal, cli, cmap, alpha, progress=advance, dense=dense, report=report)
     path = Path(output) if output else Path("onnxsal-out") / f"{file.stem}_compare.png"
     viz.save_png(sheet, path)
     if not quiet:

@@ -164,6 +164,8 @@ class Explainer:
         if impl.uses_layer:
             _ = self.layer  # fail early on a model without a usable layer
         goal = as_target(target, self.labels)
+        if hasattr(goal, "kind"):
+            goal.kind = self.target_kind  # the kind of the scores its seeds() will see
         axis = self.graph.class_axis
         scores = None
         if goal.in_graph and impl.in_graph_top and axis is not None:
@@ -174,6 +176,7 @@ class Explainer:
                 scores = self.engine.forward(x, self.target_kind)[0]  # the seed needs the values, or the shape is unknown
             template = scores if scores is not None else np.zeros((len(x),) + shape, np.float32)
             seeds = goal.seeds(template, axis)
+        impl.goal = goal  # methods that need more than the seed (D-RISE's box) read it
         result = impl.attribute(x, seeds, progress=progress)
         if result.scores is not None:
             scores = result.scores

@@ -31,6 +31,7 @@ _RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
 
 
 CHANNELS = (1, 3, 4)
+EXTRA_KEYS = ("decoder",)  # sidecar fields about the model rather than its pixels
 
 
 @dataclass
@@ -82,11 +83,13 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
+        """From a sidecar's table; EXTRA_KEYS (not preprocessing, but per model: the detector's decoder) go to extra."""
         known = {f.name for f in fields(cls)} - {"extra"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known - set(EXTRA_KEYS))
         if unknown:
-            raise InputError(f"unknown preprocessing keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**data)
+            raise InputError(f"unknown preprocessing keys: {', '.join(unknown)} (known: {', '.join(sorted(known | set(EXTRA_KEYS)))})")
+        extra = {k: data[k] for k in EXTRA_KEYS if k in data}
+        return cls(**{k: v for k, v in data.items() if k in known}, extra=extra)
 
     @classmethod
     def from_file(cls, path) -> "Preprocessing":

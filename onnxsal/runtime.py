@@ -102,12 +102,24 @@ class GradientOutputs:
     layer_grads: dict = field(default_factory=dict)  # layer -> (N, ...)
 
 
+def _size_hint(graph: ModelGraph) -> str:
+    """When the user overrode the model's declared input size: say so, since that is the likely cause."""
+    resized = next((c for c in graph.choices if " is declared " in c), None)
+    if resized is None:
+        return ""
+    declared = resized.split(" is declared ")[1].split(";")[0]
+    return f" -- the model was exported for {declared} and may not run at another size: leave --size out or give its own"
+
+
 class _Runner:
     """One onnxruntime session; outputs are written by onnxruntime straight into caller-owned arrays."""
 
     def __init__(self, graph: ModelGraph, model, providers):
         self.graph = graph
-        self.session = make_session(model.SerializeToString(), providers)
+        try:
+            self.session = make_session(model.SerializeToString(), providers)
+        except OnnxsalError as exc:
+            raise OnnxsalError(f"{exc}{_size_hint(graph)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_shapes = {o.name: o.shape for o in self.session.get_outputs()}
 
@@ -135,7 +147,7 @@ class _Runner:
             return into
         except Exception as exc:  # noqa: BLE001
             line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OnnxsalError(f"onnxruntime failed while running the model: {line}") from None
+            raise OnnxsalError(f"onnxruntime failed while running the model: {line}{_size_hint(self.graph)}") from None
 
 
 class Engine:

@@ -191,15 +191,29 @@ class WeightsTarget(Target):
 
 @dataclass
 class RegionTarget(Target):
-    """Class `index` summed over a region of a dense score (N, K, H, W) / (N, H, W, K) / (N, 1, H, W)."""
+    """Class `index` summed over a region of a dense score (N, K, H, W) / (N, H, W, K) / (N, 1, H, W).
 
-    index: int
+    index None: each sample's top class (TopTarget's definition). After seeds(), `last_mask` holds the
+    (N, H, W) region used (for drawing it).
+    """
+
+    index: int | None
     region: object = "predicted"  # "predicted" | (x0, y0, x1, y1) | mask (H, W) or (N, H, W)
     mean: bool = False  # average over the region instead of summing
+    kind: str = "logit"  # the kind of the scores given (the Explainer sets it): where a one-unit map says "yes"
+
+    last_mask = None
 
     @property
     def needs_scores(self):
-        return isinstance(self.region, str)
+        return isinstance(self.region, str) or self.index is None
+
+    def _indices(self, scores, class_axis) -> np.ndarray:
+        if self.index is None:
+            return TopTarget().classes(scores, class_axis)
+        k = 1 if class_axis is None else scores.shape[class_axis]
+        _check_classes(np.array([self.index]), k)
+        return np.full(len(scores), int(self.index), np.int64)
 
     def _spatial(self, scores, class_axis):
         if scores.ndim < 3:
@@ -212,15 +226,18 @@ class RegionTarget(Target):
         axes, spatial = self._spatial(scores, class_axis)
         n = len(scores)
         k = 1 if class_axis is None else scores.shape[class_axis]
-        _check_classes(np.array([self.index]), k)
+        classes = self._indices(scores, class_axis)
         if isinstance(self.region, str):
             if self.region != "predicted":
                 raise TargetError(f'region is "predicted", a box (x0, y0, x1, y1) or a mask, not {self.region!r}')
             if class_axis is None or k == 1:
-                probs_like = scores if class_axis is None else np.take(scores, 0, axis=class_axis)
-                m = (probs_like > 0).astype(np.float32)  # a one-unit logit map: positive = predicted
+                unit = scores if class_axis is None else np.take(scores, 0, axis=class_axis)
+                # one unit: predicted where the probability is above 1/2 (logit > 0, log-probability > log 1/2)
+                cut = {"logit": 0.0, "probability": 0.5, "log_probability": float(np.log(0.5))}[self.kind]
+                m = (unit > cut).astype(np.float32)
             else:
-                m = (np.argmax(scores, axis=class_axis) == self.index).astype(np.float32)
+                shape = [n] + [1] * (scores.ndim - 2)
+                m = (np.argmax(scores, axis=class_axis) == classes.reshape(shape)).astype(np.float32)
         elif isinstance(self.region, (tuple, list)) and len(self.region) == 4 and len(spatial) == 2:
             x0, y0, x1, y1 = (int(v) for v in self.region)
             h, w = spatial
@@ -235,6 +252,7 @@ class RegionTarget(Target):
             if m.shape != (n,) + spatial:
                 raise TargetError(f"a region mask must be shaped {spatial} or {(n,) + spatial}, not {m.shape}")
         m = np.ascontiguousarray(m, np.float32)
+        self.last_mask = m
         if self.mean:
             area = m.reshape(n, -1).sum(axis=1).reshape((n,) + (1,) * len(spatial))
             m = m / np.maximum(area, 1e-12)
@@ -242,21 +260,22 @@ class RegionTarget(Target):
 
     def seeds(self, scores, class_axis):
         m = self.mask(scores, class_axis)
-        seed = np.zeros(scores.shape, np.float32)
         if class_axis is None:
             return m.reshape(scores.shape)
-        index = [slice(None)] * scores.ndim
-        index[class_axis] = self.index
-        seed[tuple(index)] = m
+        classes = self._indices(scores, class_axis)
+        seed = np.zeros(scores.shape, np.float32)
+        moved = np.moveaxis(seed, class_axis, 1)  # a view: (N, K, *spatial)
+        moved[np.arange(len(scores)), classes] = m
         return seed
 
     def classes(self, scores, class_axis):
-        return np.full(len(scores), self.index, np.int64)
+        return self._indices(scores, class_axis)
 
     def describe(self, labels=None):
         where = "its predicted pixels" if isinstance(self.region, str) else \
             f"box {tuple(self.region)}" if isinstance(self.region, (tuple, list)) else "a mask"
-        return f"class {_name(self.index, labels)} {'averaged' if self.mean else 'summed'} over {where}"
+        what = "the top class" if self.index is None else f"class {_name(self.index, labels)}"
+        return f"{what} {'averaged' if self.mean else 'summed'} over {where}"
 
 
 def as_target(spec, labels=None) -> Target:

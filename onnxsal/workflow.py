@@ -17,6 +17,7 @@ from .preprocess import Preprocessing, load_image, sidecar_for
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 CAM_LIKE = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
+SMOOTH_MAPS = CAM_LIKE + ("rise", "drise")  # low-frequency maps: scaled by their maximum, blended whole
 
 
 def image_files(paths: Sequence[str]) -> list[Path]:
@@ -113,10 +114,7 @@ def setup_model(model: str | None, *, size=None, crop=None, mean=None, std=None,
     elif model_size is None and not sized:
         notes.append(f"the model takes any image size; using {base.height}x{base.width} (--size HxW to change)")
     prep = replace(base, layout=model_layout, channels=channels, **overrides)  # replace() re-validates
-    if model_size is not None and prep.shape != model_size:
-        raise InputError(f"input size {prep.height}x{prep.width} (from --size or the preprocessing file) does not fit "
-                         f"the model, which takes {model_size[0]}x{model_size[1]} images")
-    h, w = prep.shape
+    h, w = prep.shape  # a size other than the model's declared one overrides it (fully convolutional models); onnxsal says so
     shape = (None, h, w, channels) if model_layout == "NHWC" else (None, channels, h, w)
     output, _ = pick_output(proto, output_name)
     if labels is None and zoo_name is None:
@@ -183,14 +181,17 @@ def method_options(method: str, cli: dict) -> dict:
 
     allowed = METHODS[method].defaults
     mapping = {"steps": "steps", "samples": "samples", "baseline": "baseline", "noise_level": "noise_level",
-               "tolerance": "tolerance", "base": "base", "window": "window", "stride": "stride", "batch_size": "batch_size"}
+               "tolerance": "tolerance", "base": "base", "window": "window", "stride": "stride", "batch_size": "batch_size",
+               "decoder": "decoder"}
     options = {}
     for flag, option in mapping.items():
         value = cli.get(flag)
         if value is None:
             continue
-        if method == "occlusion" and flag == "baseline":
+        if method in ("occlusion", "rise", "drise") and flag == "baseline":
             options["fill"] = value
+        elif method in ("rise", "drise") and flag == "samples":
+            options["masks"] = value
         elif option in allowed:
             options[option] = value
     return options
@@ -218,7 +219,7 @@ def picture(explanation, index: int, photo, method: str, cmap: str | None, alpha
     """
     from . import viz
 
-    smooth = method in CAM_LIKE or (method.startswith("smooth") and explanation.attributions is None) \
+    smooth = method in SMOOTH_MAPS or (method.startswith("smooth") and explanation.attributions is None) \
         or (method == "vargrad" and explanation.attributions is None)
     values = viz.normalize(explanation.maps[index:index + 1], explanation.signed, 100.0 if smooth else 99.0)[0]
     if kind == "map":
@@ -266,9 +267,54 @@ def zero_map_warning(file_name: str, method: str, res, k: int) -> str | None:
             f"--target-kind logit or another method")
 
 
+@dataclass
+class DenseSpec:
+    """--region / --box from the command line."""
+
+    region: str | None = None
+    region_mean: bool = False
+    box: str | None = None
+    decoder: str | None = None
+    threshold: float | None = None
+
+    def target_for(self, explainer, target, x, photos, prep, report, names):
+        """The batch's target, reporting the detections it chose; `target` when neither is set."""
+        if self.region is not None:
+            return region_target(explainer, self.region, target, photos, prep, self.region_mean)
+        if self.box is not None:
+            if self.decoder is None:
+                raise TargetError("--box needs the detector's layout: --decoder yolov8|yolov5|centernet|centerface "
+                                  '(or "decoder" in the model\'s .preprocess.json)')
+            goal, _ = box_target(explainer, self.box, self.decoder, self.threshold, x, photos, prep, names)
+            for name, photo, det in zip(names, photos, goal.detections):
+                box = tuple(round(v) for v in input_to_photo(det.box, photo.size, prep))
+                report(f"{name}: box {_class_name(explainer, det.label)} score {det.score:.2f} at {box} (photo pixels)")
+            return goal
+        return target
+
+
+def list_detections(explainer, files: list[Path], decoder, threshold, report: Callable[[str], None] = print) -> int:
+    """Print every decoded detection of every file (in photo pixels); returns how many."""
+    from .detection import detect, make_decoder
+
+    decoder = make_decoder(decoder, explainer.graph, threshold)
+    prep = explainer.preprocessing
+    count = 0
+    for f in files:
+        photo = load_image(f)
+        found = detect(explainer, prep.batch([photo]), decoder)[0]
+        report(f"{f.name}: {len(found)} detection(s)")
+        for i, det in enumerate(found):
+            box = tuple(round(v) for v in input_to_photo(det.box, photo.size, prep))
+            report(f"  {i}: {_class_name(explainer, det.label)} score {det.score:.2f} at {box}")
+        count += len(found)
+    return count
+
+
 def explain_files(explainer, files: list[Path], methods: list[str], target, cli_options: dict, out: Path, fmt: str,
                   cmap: str | None, alpha: float, chunk: int = 16, progress: Callable[[float], None] | None = None,
-                  report: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr) -> list[Path]:
+                  report: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr,
+                  dense: DenseSpec | None = None) -> list[Path]:
     """Explain every file with every method; write <stem>_<method>.png / .npy into `out`; returns what was written.
 
     Per image it reports the top classes (by the head's own activation) and, per method, what was explained:
@@ -285,8 +331,9 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
         for k, f in enumerate(batch_files):
             if tops[k]:
                 report(f"{f.name}: " + ", ".join(f"{c} {name} {p:.1%}" for c, name, p in tops[k]))
+        goal = dense.target_for(explainer, target, x, photos, prep, report, [f.name for f in batch_files]) if dense else target
         for method in methods:
-            res = explainer.explain(x, method, target=target, progress=progress, **method_options(method, cli_options))
+            res = explainer.explain(x, method, target=goal, progress=progress, **method_options(method, cli_options))
             for k, f in enumerate(batch_files):
                 stem = stems[start + k]
                 name = _target_text(explainer, res, k)
@@ -300,7 +347,10 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
                     path = out / f"{stem}_{method}.png"
                     from . import viz
 
-                    viz.save_png(picture(res, k, display_photo(photos[k], prep), method, cmap, alpha), path)
+                    image = picture(res, k, display_photo(photos[k], prep), method, cmap, alpha)
+                    if goal is not target:
+                        image = draw_target(image, goal, k, photos[k].size, prep)
+                    viz.save_png(image, path)
                     written.append(path)
                     line += f" -> {path}"
                 if fmt in ("npy", "both"):
@@ -317,9 +367,10 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
 def _target_text(explainer, res, k: int) -> str:
     """'class 281 (tabby)' for one class, else the target's own description."""
     c = int(res.targets[k])
-    if " over " in res.target or c < 0:
-        return res.target
-    return f"class {_class_name(explainer, c)}"
+    if c >= 0 and (res.target in ("the top class", "one class per sample") or res.target.startswith("class ")) \
+            and " over " not in res.target:
+        return f"class {_class_name(explainer, c)}"
+    return res.target
 
 
 def model_input_shape(source, size, input_name=None) -> tuple:
@@ -358,23 +409,160 @@ def _gap_text(explainer, res, k: int, x) -> str:
 
 
 def compare_image(explainer, file: Path, methods: list[str], target, cli_options: dict, cmap: str | None, alpha: float,
-                  progress: Callable[[float], None] | None = None):
+                  progress: Callable[[float], None] | None = None, dense: DenseSpec | None = None,
+                  report: Callable[[str], None] = print):
     """One labelled grid: the photo, then each method (CAM methods over the photo, pixel methods as maps)."""
     from . import viz
+    from .detection import BoxTarget
 
     photo = load_image(file)
-    x = explainer.preprocessing.batch([photo])
-    shown = display_photo(photo, explainer.preprocessing)
+    prep = explainer.preprocessing
+    x = prep.batch([photo])
+    shown = display_photo(photo, prep)
+    goal = dense.target_for(explainer, target, x, [photo], prep, report, [file.name]) if dense else target
+    if isinstance(goal, BoxTarget):
+        shown = draw_target(shown, goal, 0, photo.size, prep)
     tiles, labels, chosen = [shown], ["input"], None
     for method in methods:
-        res = explainer.explain(x, method, target=target, progress=progress, **method_options(method, cli_options))
+        res = explainer.explain(x, method, target=goal, progress=progress, **method_options(method, cli_options))
+        if goal is not target and not tiles[1:] and getattr(goal, "last_mask", None) is not None:
+            tiles[0] = draw_target(shown, goal, 0, photo.size, prep)
         chosen = _target_text(explainer, res, 0)
-        kind = "overlay" if method in CAM_LIKE else "map"
+        kind = "overlay" if method in SMOOTH_MAPS else "map"
         tiles.append(picture(res, 0, shown, method, cmap, alpha, kind))
         labels.append(method)
     title = f"{file.name}: {chosen}" if chosen is not None else file.name
     rows = 1 if len(tiles) <= 8 else -(-len(tiles) // 7)
     return viz.grid(tiles, labels, columns=-(-len(tiles) // rows), tile=224, title=title)
+
+
+# -- dense and detection targets from the command line (coordinates in the photo's pixels)
+
+def photo_to_input(box, photo_size: tuple, prep: Preprocessing) -> tuple:
+    """(x0, y0, x1, y1) in a photo's pixels -> model-input pixels (through the crop and resize)."""
+    left, top, right, bottom = prep.crop_box(*photo_size)
+    sx, sy = prep.width / (right - left), prep.height / (bottom - top)
+    return ((box[0] - left) * sx, (box[1] - top) * sy, (box[2] - left) * sx, (box[3] - top) * sy)
+
+
+def input_to_photo(box, photo_size: tuple, prep: Preprocessing) -> tuple:
+    left, top, right, bottom = prep.crop_box(*photo_size)
+    sx, sy = (right - left) / prep.width, (bottom - top) / prep.height
+    return (box[0] * sx + left, box[1] * sy + top, box[2] * sx + left, box[3] * sy + top)
+
+
+def parse_box(text: str):
+    """'x0,y0,x1,y1' -> a tuple of 4 floats, or None when text is not four numbers."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 4:
+        return None
+    try:
+        box = tuple(float(p) for p in parts)
+    except ValueError:
+        return None
+    if not all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+        raise TargetError(f"box {text!r} must be x0,y0,x1,y1 with x0 < x1 and y0 < y1 (photo pixels)")
+    return box
+
+
+def score_spatial(explainer) -> tuple[int, int]:
+    """(h, w) of a dense score: the two axes that are neither batch nor class."""
+    shape = explainer.graph.score_shape
+    axis = explainer.graph.class_axis
+    if shape is None or len(shape) < 3:
+        dims = "?" if shape is None else "x".join(["N", *map(str, shape)])
+        raise TargetError(f'--region needs a dense output (N, K, H, W); output "{explainer.graph.output_name}" is {dims} '
+                          "(choose another with --output-name)")
+    rest = [d for a, d in enumerate(shape, start=1) if a != axis]
+    return rest[-2], rest[-1]
+
+
+def region_target(explainer, spec: str, target, photos, prep: Preprocessing, mean: bool = False):
+    """RegionTarget for a batch from --region predicted | x0,y0,x1,y1 | mask.png and --target."""
+    from .targets import RegionTarget
+
+    index = None if target == "top" else int(target)
+    h, w = score_spatial(explainer)
+    if spec == "predicted":
+        return RegionTarget(index, "predicted", mean=mean)
+    box = parse_box(spec)
+    masks = np.zeros((len(photos), h, w), np.float32)
+    if box is not None:
+        for i, photo in enumerate(photos):
+            x0, y0, x1, y1 = photo_to_input(box, photo.size, prep)
+            sx, sy = w / prep.width, h / prep.height
+            c0, r0 = max(0, int(np.floor(x0 * sx))), max(0, int(np.floor(y0 * sy)))
+            c1, r1 = min(w, int(np.ceil(x1 * sx))), min(h, int(np.ceil(y1 * sy)))
+            if c1 <= c0 or r1 <= r0:
+                raise TargetError(f"box {spec} lies outside the part of the photo the model sees")
+            masks[i, r0:r1, c0:c1] = 1.0
+        return RegionTarget(index, masks, mean=mean)
+    path = Path(spec)
+    if not path.is_file():
+        raise TargetError(f"--region is predicted, x0,y0,x1,y1 or a mask image; {spec!r} is none of them")
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mask = im.convert("L")
+    except Exception:  # noqa: BLE001 - PIL raises many types
+        raise TargetError(f"{path} is not a mask image PIL can read") from None
+    for i, photo in enumerate(photos):
+        if mask.size != photo.size:
+            raise TargetError(f"mask {path} is {mask.size[0]}x{mask.size[1]}, the photo {photo.size[0]}x{photo.size[1]}: "
+                              "draw the mask on the photo itself")
+        region = mask.crop(prep.crop_box(*photo.size)).resize((w, h), Image.BILINEAR)
+        masks[i] = np.asarray(region, np.float32) > 127.5
+    if not masks.any():
+        raise TargetError(f"mask {path} is empty (no pixel above 50% gray) where the model looks")
+    return RegionTarget(index, masks, mean=mean)
+
+
+def box_target(explainer, spec: str, decoder, threshold, x, photos, prep: Preprocessing, names=None):
+    """(BoxTarget, [Detection per sample]) from --box N | x0,y0,x1,y1 and the decoded detections."""
+    from .detection import BoxTarget, detect, make_decoder, pick
+
+    decoder = make_decoder(decoder, explainer.graph, threshold)
+    found = detect(explainer, x, decoder)
+    box = parse_box(spec)
+    chosen = []
+    for i, photo in enumerate(photos):
+        try:
+            if box is not None:
+                chosen.append(pick(found[i], photo_to_input(box, photo.size, prep)))
+            else:
+                try:
+                    which = int(spec)
+                except ValueError:
+                    raise TargetError(f"--box is a detection index (0 = the highest score), x0,y0,x1,y1 or list; not {spec!r}") from None
+                chosen.append(pick(found[i], which))
+        except TargetError as exc:
+            raise TargetError(f"{names[i]}: {exc}" if names else str(exc)) from None
+    return BoxTarget(chosen), found
+
+
+def draw_target(picture_image, target, index: int, photo_size: tuple, prep: Preprocessing):
+    """Draw the explained box (rectangle) or region (its outline) on a picture of the photo's crop."""
+    from PIL import Image, ImageDraw
+
+    from .detection import BoxTarget
+    from .targets import RegionTarget
+
+    img = picture_image.convert("RGB")
+    W, H = img.size
+    colour = (0, 255, 255)
+    if isinstance(target, BoxTarget) and target.detections[index] is not None:
+        x0, y0, x1, y1 = target.detections[index].box
+        sx, sy = W / prep.width, H / prep.height
+        ImageDraw.Draw(img).rectangle([x0 * sx, y0 * sy, x1 * sx, y1 * sy], outline=colour, width=max(2, W // 160))
+    elif isinstance(target, RegionTarget) and getattr(target, "last_mask", None) is not None:
+        mask = target.last_mask[index] > 0
+        up = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.NEAREST)) > 0
+        edge = up & ~(np.roll(up, 1, 0) & np.roll(up, -1, 0) & np.roll(up, 1, 1) & np.roll(up, -1, 1))
+        pixels = np.asarray(img).copy()
+        pixels[edge] = colour
+        img = Image.fromarray(pixels)
+    return img
 
 
 def all_methods() -> list[str]:

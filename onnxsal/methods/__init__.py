@@ -1,7 +1,7 @@
 """Attribution methods; importing this package registers every method in METHODS."""
 
 from .base import METHODS, Attribution, Explanation, Method, reduce_channels
-from . import cam, gradient, integrated_gradients, occlusion, smoothgrad  # noqa: F401  (registers methods)
+from . import cam, gradient, integrated_gradients, occlusion, rise, smoothgrad  # noqa: F401  (registers methods)
 
 
 def methods() -> dict[str, str]:
