@@ -1,5 +1,8 @@
 """Attribution methods; importing this package registers every method in METHODS."""
 
+import sys
+import types
+
 from .base import METHODS, Attribution, Explanation, Method, reduce_channels
 from . import cam, gradient, integrated_gradients, occlusion, rise, smoothgrad  # noqa: F401  (registers methods)
 
@@ -10,3 +13,14 @@ def methods() -> dict[str, str]:
 
 
 __all__ = ["METHODS", "Attribution", "Explanation", "Method", "methods", "reduce_channels"]
+
+
+class _CallableModule(types.ModuleType):
+    """`onnxsal.methods()` is documented; importing this package makes `onnxsal.methods` the package itself,
+    so the package answers the call (the same dict as methods())."""
+
+    def __call__(self) -> dict[str, str]:
+        return methods()
+
+
+sys.modules[__name__].__class__ = _CallableModule
