@@ -36,6 +36,9 @@ class Preprocessing:
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        from .safety import check_fields
+
+        check_fields(self)  # types, finite numbers and ranges, one line naming the field
         self.mean = _triple(self.mean, "mean")
         self.std = _triple(self.std, "std")
         if any(s == 0 for s in self.std):
@@ -67,6 +70,9 @@ class Preprocessing:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"preprocessing file not found: {path}")
+        from .files import require_regular
+
+        require_regular(path, "preprocessing")
         try:
             if path.suffix.lower() == ".toml":
                 import tomllib
@@ -80,7 +86,10 @@ class Preprocessing:
             data = data["preprocessing"]
         if not isinstance(data, dict):
             raise InputError(f"preprocessing file {path} must hold a table of settings")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -148,17 +157,24 @@ def load_image(path):
     """An RGB PIL image from a file; one-line errors for missing, non-image and corrupt files."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"image file not found: {path}")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory, not an image file")
+    from .files import require_regular
+    from .safety import check_image_memory
+
+    path = require_regular(path, "image")  # missing, a folder, a pipe: one line (a pipe could block forever)
     try:
         with Image.open(path) as im:
+            check_image_memory(im.width, im.height, len(im.getbands()), path)
             im.load()
             im = ImageOps.exif_transpose(im)
             return im.convert("RGB")
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: {_first_line(exc)}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path} is a corrupt or truncated image: {exc}") from None
+        raise InputError(f"{path} is a corrupt or truncated image: {_first_line(exc)}") from None
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__

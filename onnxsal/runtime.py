@@ -45,6 +45,7 @@ def default_providers() -> list[str]:
 def session_options():
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # onnxruntime's own log: errors only (no coloured warnings on stderr)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -144,6 +145,9 @@ class Engine:
     def __init__(self, graph: ModelGraph, providers: Sequence[str] | None = None, batch_size: int | None = None):
         self.graph = graph
         self.providers = list(providers) if providers else default_providers()
+        from .safety import check_model_memory
+
+        check_model_memory(graph)  # before the first allocation (the batch probe below)
         if graph.batchable is None:
             check_batching(self)
         if not graph.batchable:
@@ -152,29 +156,45 @@ class Engine:
         self.batch_size = 1 if not graph.batchable else (batch_size or default_batch_size(graph, budget))
 
     # -- sessions
-    def _runner(self, kind: str, options: tuple, build) -> tuple[_Runner, str]:
-        """A session for an augmented model: from the process table, else built from the (disk-cached) model."""
+    def _runner(self, kind: str, options: tuple, build, outputs=()) -> tuple[_Runner, str]:
+        """A session for an augmented model: from the process table, else built from the (disk-cached) model.
+
+        `outputs`: names the model must have (a cache entry without them is rebuilt)."""
         from .cache import cached_model, entry_key
 
         key = (entry_key(self.graph, kind, options), repr(provider_list(self.providers)))
         if key not in _SESSIONS:
-            model, score = cached_model(self.graph, kind, options, build)
+            model, score = cached_model(self.graph, kind, options, build, outputs)
+            try:
+                runner = _Runner(self.graph, model, self.providers)
+            except OnnxsalError:
+                from .cache import cache_dir, drop
+
+                drop(key[0])  # perhaps a bad cache entry: rebuild once
+                model, score = cached_model(self.graph, kind, options, build, outputs)
+                try:
+                    runner = _Runner(self.graph, model, self.providers)
+                except OnnxsalError as exc:
+                    where = cache_dir()
+                    raise OnnxsalError(f"{exc} (the graph was rebuilt once; cache folder {where})" if where else str(exc)) from None
             if len(_SESSIONS) >= MAX_SESSIONS:
                 _SESSIONS.pop(next(iter(_SESSIONS)))
-            _SESSIONS[key] = (_Runner(self.graph, model, self.providers), score)
+            _SESSIONS[key] = (runner, score)
         return _SESSIONS[key]
 
     def forward_runner(self, target_kind: str = "logit", layers: Sequence[str] = ()) -> tuple[_Runner, str]:
         from .autodiff.augment import forward_model
 
-        return self._runner("forward", (target_kind, tuple(layers)), lambda: forward_model(self.graph, target_kind, layers))
+        return self._runner("forward", (target_kind, tuple(layers)), lambda: forward_model(self.graph, target_kind, layers),
+                            tuple(layers))
 
     def gradient_runner(self, layers: Sequence[str], ruleset: str, target_kind: str, input_grad: bool,
                         top: bool = False) -> tuple[_Runner, str]:
         from .autodiff import augment
 
         return self._runner("gradient", (tuple(layers), ruleset, target_kind, input_grad, top),
-                            lambda: augment.gradient_model(self.graph, layers, ruleset, target_kind, input_grad, top=top))
+                            lambda: augment.gradient_model(self.graph, layers, ruleset, target_kind, input_grad, top=top),
+                            ([f"{self.graph.input_name}_grad"] if input_grad else []) + [n for l in layers for n in (l, f"{l}_grad")])
 
     # -- running
     def _check_input(self, x: np.ndarray) -> np.ndarray:
@@ -248,7 +268,9 @@ def check_batching(engine: Engine) -> None:
 
     import onnxruntime as ort
 
-    x = np.random.default_rng(0).standard_normal(shape).astype(helper.tensor_dtype_to_np_dtype(graph.input_dtype))
+    # float32 draws (a float64 draw of a large input would double the probe's memory), then the input's type
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32).astype(
+        helper.tensor_dtype_to_np_dtype(graph.input_dtype), copy=False)
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a failing batch of 2 is an answer here, not an error to print
     try:

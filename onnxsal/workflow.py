@@ -19,42 +19,59 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 CAM_LIKE = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
 
 
-def image_files(paths: Sequence[str]) -> list[Path]:
-    """Files from arguments (directories expand to the images inside, sorted); checks each opens as an image."""
+def image_files(paths: Sequence[str], on_bad: Callable[[Path, str], None] | None = None) -> list[Path]:
+    """Files from arguments (directories expand to the images inside, sorted); checks each is a regular file
+    whose header PIL recognises (pixels are decoded later, once).
+
+    A bad file raises InputError, or, with `on_bad`, is reported to on_bad(path, reason) and left out."""
     from PIL import Image, UnidentifiedImageError
 
-    files: list[Path] = []
+    from .files import require_regular
+
+    candidates: list[Path] = []
     for arg in paths:
         path = Path(arg)
         if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             if not inside:
                 raise InputError(f"directory {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-            files += inside
-        elif not path.exists():
-            raise InputError(f"image file not found: {path}")
+            candidates += inside
         else:
-            files.append(path)
-    for path in files:
+            candidates.append(path)
+    files: list[Path] = []
+    for path in candidates:
         try:
-            with Image.open(path) as im:
-                im.verify()
-        except UnidentifiedImageError:
-            raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"{path} is a corrupt or truncated image: {exc}") from None
+            require_regular(path, "image")  # never open a pipe: it may block, and it cannot be read twice
+            try:
+                with Image.open(path):
+                    pass  # the header only
+            except UnidentifiedImageError:
+                raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
+            except Image.DecompressionBombError as exc:
+                raise InputError(f"{path}: {str(exc).rstrip('.')}") from None
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise InputError(f"{path} is a corrupt or truncated image: {exc}") from None
+        except InputError as exc:
+            if on_bad is None:
+                raise
+            on_bad(path, str(exc))
+            continue
+        files.append(path)
     return files
 
 
 def read_labels(path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"labels file not found: {path}")
-    return [line.strip() for line in path.read_text().splitlines()]
+    from .files import require_regular
+
+    path = require_regular(path, "labels")
+    try:
+        return [line.strip() for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read labels file {path}: {exc}") from None
 
 
 def sidecar_for(model_path: Path) -> Path | None:
-    for suffix in (".preprocess.json", ".preprocess.toml", ".json", ".toml"):
+    for suffix in (".preprocess.json", ".preprocess.toml"):  # README's names only; model.json may be anything
         candidate = model_path.with_name(model_path.stem + suffix)
         if candidate.is_file():
             return candidate
@@ -233,36 +250,52 @@ def display_photo(image, prep: Preprocessing, max_side: int = 768):
     return region
 
 
-def unique_stems(files: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for f in files:
-        stem = f.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    return stems
-
-
 def explain_files(explainer, files: list[Path], methods: list[str], target, cli_options: dict, out: Path, fmt: str,
                   cmap: str | None, alpha: float, chunk: int = 16, progress: Callable[[float], None] | None = None,
-                  report: Callable[[str], None] = print) -> list[Path]:
-    """Explain every file with every method; write <stem>_<method>.png / .npy into `out`; returns what was written."""
+                  report: Callable[[str], None] = print, on_bad: Callable[[Path, str], None] | None = None,
+                  overwrite: bool = False) -> list[Path]:
+    """Explain every file with every method; write <stem>_<method>.png / .npy into `out`; returns what was written.
+
+    Output stems are unique in the run and, unless `overwrite`, against files already in `out` (cat, cat-2, ...).
+    A file that cannot be decoded raises InputError, or, with `on_bad`, is reported to on_bad(path, reason)
+    and skipped. Scores or maps that come out NaN or infinite raise ModelError naming the file."""
+    from .files import OutputNames, make_folder, remove_stale_temporaries
+    from .safety import check_scores
+
     written: list[Path] = []
-    stems = unique_stems(files)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
+    remove_stale_temporaries(out, endings=(".png", ".npy"))  # left by a killed run
+    extensions = {"png": ["png"], "npy": ["npy"], "both": ["png", "npy"]}[fmt]
+    names = OutputNames(out, overwrite)
+    stems = [names.claim(f.stem, [f"_{m}.{e}" for m in methods for e in extensions]) for f in files]
     prep = explainer.preprocessing
     for start in range(0, len(files), chunk):
-        batch_files = files[start:start + chunk]
-        photos = [load_image(f) for f in batch_files]
+        batch_files, batch_stems, photos = [], [], []
+        for f, stem in zip(files[start:start + chunk], stems[start:start + chunk]):
+            try:
+                photos.append(load_image(f))
+            except InputError as exc:
+                if on_bad is None:
+                    raise
+                on_bad(f, str(exc))
+                continue
+            batch_files.append(f)
+            batch_stems.append(stem)
+        if not batch_files:
+            continue
         x = prep.batch(photos)
         tops = explainer.top_classes(x, 3)
+        for k, f in enumerate(batch_files):
+            if any(not np.isfinite(p) for _, _, p in tops[k]):
+                check_scores(explainer.predict(x[k:k + 1]), explainer.graph.output_name, f.name, explainer.graph.model)
         for k, f in enumerate(batch_files):
             if tops[k]:
                 report(f"{f.name}: " + ", ".join(f"{c} {name} {p:.1%}" for c, name, p in tops[k]))
         for method in methods:
             res = explainer.explain(x, method, target=target, progress=progress, **method_options(method, cli_options))
+            _check_result(explainer, res, method, batch_files)
             for k, f in enumerate(batch_files):
-                stem = stems[start + k]
+                stem = batch_stems[k]
                 name = _class_name(explainer, int(res.targets[k]))
                 line = f"  {method}: target {name}, score {res.scores[k]:.3f}"
                 if res.delta is not None:
@@ -283,6 +316,18 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
                     line += f"{' +' if fmt == 'both' else ' ->'} {path}"
                 report(line)
     return written
+
+
+def _check_result(explainer, res, method: str, files: list[Path]) -> None:
+    """ModelError naming the first file whose explained score or map is NaN or infinite."""
+    from .errors import ModelError
+    from .safety import check_scores
+
+    for k, f in enumerate(files):
+        check_scores(res.scores[k:k + 1], explainer.graph.output_name, f.name, explainer.graph.model)
+        if not np.isfinite(res.maps[k]).all():
+            raise ModelError(f"{method} gave NaN or infinite values for {f.name}; the model's gradients overflow "
+                             "(try another method or target)")
 
 
 def _class_name(explainer, c: int) -> str:
@@ -317,6 +362,7 @@ def compare_image(explainer, file: Path, methods: list[str], target, cli_options
     tiles, labels, chosen = [shown], ["input"], None
     for method in methods:
         res = explainer.explain(x, method, target=target, progress=progress, **method_options(method, cli_options))
+        _check_result(explainer, res, method, [file])
         chosen = int(res.targets[0])
         kind = "overlay" if method in CAM_LIKE else "map"
         tiles.append(picture(res, 0, shown, method, cmap, alpha, kind))
