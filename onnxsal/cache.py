@@ -22,6 +22,7 @@ from typing import Callable
 import onnx
 
 _MEMORY: dict[str, tuple[onnx.ModelProto, str]] = {}
+FROM_DISK: set[str] = set()  # keys whose model was read from the disk cache in this process (not built here)
 
 
 def cache_dir() -> Path | None:
@@ -78,6 +79,7 @@ def sweep(directory: Path) -> None:
 def drop(key: str) -> None:
     """Forget an entry in memory and on disk (it failed to load into a session)."""
     _MEMORY.pop(key, None)
+    FROM_DISK.discard(key)
     directory = cache_dir()
     if directory is None:
         return
@@ -125,7 +127,10 @@ def cached_model(graph, kind: str, options, build: Callable[[], tuple[onnx.Model
     if directory is not None:
         sweep(directory)
     found = _read(directory, key, outputs) if directory is not None else None
-    if found is None:
+    if found is not None:
+        FROM_DISK.add(key)
+    else:
+        FROM_DISK.discard(key)
         found = build()
         if directory is not None:
             try:

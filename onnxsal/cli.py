@@ -330,8 +330,8 @@ def explain(images, model, methods, target, layer, steps, tolerance, baseline, s
     for why in bad:
         click.echo(f"warning: {why}; skipped", err=True)
     if not files:
-        raise OnnxsalError(f"none of the {len(bad)} images could be read (see the warnings above)")
-    total = len(files) + len(bad)
+        raise OnnxsalError(f"none of the {len(bad)} images could be read (named in the warnings above)")
+    inputs = len(files) + len(bad)
 
     def skip(path, why):
         bad.append(why)
@@ -346,11 +346,13 @@ def explain(images, model, methods, target, layer, steps, tolerance, baseline, s
     report = (lambda line: None) if quiet else click.echo
     with _progress(total, "explaining", enabled=not quiet and total > 8) as advance:
         written = explain_files(ex, files, chosen, goal, cli, Path(out_dir), fmt, cmap, alpha, progress=advance, report=report,
-                                on_bad=None if fail_fast or total == 1 else skip, overwrite=overwrite)
+                                on_bad=None if fail_fast or inputs == 1 else skip, overwrite=overwrite)
     if not quiet:
         click.echo(f"wrote {len(written)} file(s) to {out_dir}")
+    if bad and len(bad) == inputs:
+        raise OnnxsalError(f"none of the {inputs} images could be read (named in the warnings above)")
     if bad:
-        raise OnnxsalError(f"{len(bad)} of {total} images skipped (named in the warnings above); the others were explained")
+        raise OnnxsalError(f"{len(bad)} of {inputs} images skipped (named in the warnings above); the others were explained")
 
 
 def _zoo_layer(setup):

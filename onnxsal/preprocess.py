@@ -68,11 +68,9 @@ class Preprocessing:
     def from_file(cls, path) -> "Preprocessing":
         """A JSON or TOML sidecar with the fields of this class (a TOML file may nest them under [preprocessing])."""
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"preprocessing file not found: {path}")
         from .files import require_regular
 
-        require_regular(path, "preprocessing")
+        require_regular(path, "preprocessing")  # missing, a folder, a pipe
         try:
             if path.suffix.lower() == ".toml":
                 import tomllib

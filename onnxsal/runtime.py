@@ -145,8 +145,11 @@ class Engine:
     def __init__(self, graph: ModelGraph, providers: Sequence[str] | None = None, batch_size: int | None = None):
         self.graph = graph
         self.providers = list(providers) if providers else default_providers()
+        from .cache import cache_dir, sweep
         from .safety import check_model_memory
 
+        if cache_dir() is not None:
+            sweep(cache_dir())  # temporaries of killed runs, once per process
         check_model_memory(graph)  # before the first allocation (the batch probe below)
         if graph.batchable is None:
             check_batching(self)
@@ -168,15 +171,13 @@ class Engine:
             try:
                 runner = _Runner(self.graph, model, self.providers)
             except OnnxsalError:
-                from .cache import cache_dir, drop
+                from .cache import FROM_DISK, drop
 
-                drop(key[0])  # perhaps a bad cache entry: rebuild once
+                if key[0] not in FROM_DISK:
+                    raise  # a graph built just now: the model's problem, not the cache's
+                drop(key[0])  # a disk entry onnxruntime refuses: rebuild it once
                 model, score = cached_model(self.graph, kind, options, build, outputs)
-                try:
-                    runner = _Runner(self.graph, model, self.providers)
-                except OnnxsalError as exc:
-                    where = cache_dir()
-                    raise OnnxsalError(f"{exc} (the graph was rebuilt once; cache folder {where})" if where else str(exc)) from None
+                runner = _Runner(self.graph, model, self.providers)
             if len(_SESSIONS) >= MAX_SESSIONS:
                 _SESSIONS.pop(next(iter(_SESSIONS)))
             _SESSIONS[key] = (runner, score)
@@ -276,7 +277,9 @@ def check_batching(engine: Engine) -> None:
     try:
         both = runner.session.run([score], {graph.input_name: x}, quiet)[0]
         single = np.concatenate([runner.session.run([score], {graph.input_name: x[i:i + 1]})[0] for i in range(2)])
-        ok = both.shape == single.shape and np.allclose(both, single, rtol=1e-3, atol=1e-4 * (np.abs(single).max() + 1))
+        finite = np.abs(single[np.isfinite(single)])  # NaN scores (NaN weights) are reported later, by the caller
+        scale = float(finite.max()) if finite.size else 0.0
+        ok = both.shape == single.shape and np.allclose(both, single, rtol=1e-3, atol=1e-4 * (scale + 1), equal_nan=True)
     except Exception:  # noqa: BLE001 - any failure with batch 2 means: not batchable
         ok = False
     graph.batchable = bool(ok)

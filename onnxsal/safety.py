@@ -26,6 +26,10 @@ class ResourceError(OnnxsalError):
     """A request that would need more memory than the budget allows."""
 
 
+class ImageTooLarge(ResourceError, InputError):
+    """An image file whose decoded pixels would not fit the budget (a bad file: skipped like a corrupt one)."""
+
+
 # -- numbers --------------------------------------------------------------------------------------------
 
 def finite_number(value, name: str, *, low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -175,7 +179,10 @@ def check_model_memory(graph) -> None:
 
 def check_image_memory(width: int, height: int, bands: int, path) -> None:
     """Decoding an image takes width x height x bands bytes, and its float copy four times that."""
-    check_memory(width * height * max(bands, 3) * 5, f"{path} ({width}x{height} pixels)", "use a smaller image")
+    try:
+        check_memory(width * height * max(bands, 3) * 5, f"{path} ({width}x{height} pixels)", "use a smaller image")
+    except ResourceError as exc:
+        raise ImageTooLarge(str(exc)) from None
 
 
 # -- signals and warnings (the command line) ------------------------------------------------------------

@@ -6,6 +6,7 @@ Usable from Python too; everything here raises OnnxsalError subclasses with one-
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,6 +28,7 @@ def image_files(paths: Sequence[str], on_bad: Callable[[Path, str], None] | None
     from PIL import Image, UnidentifiedImageError
 
     from .files import require_regular
+    from .safety import check_image_memory
 
     candidates: list[Path] = []
     for arg in paths:
@@ -43,8 +45,10 @@ def image_files(paths: Sequence[str], on_bad: Callable[[Path, str], None] | None
         try:
             require_regular(path, "image")  # never open a pipe: it may block, and it cannot be read twice
             try:
-                with Image.open(path):
-                    pass  # the header only
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget decides below
+                    with Image.open(path) as im:  # the header only
+                        check_image_memory(im.width, im.height, len(im.getbands()), path)
             except UnidentifiedImageError:
                 raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
             except Image.DecompressionBombError as exc:
