@@ -177,6 +177,15 @@ def check_model_memory(graph) -> None:
                  "use a smaller --size (or input_shape=) or a smaller model")
 
 
+def images_per_chunk(graph, most: int) -> int:
+    """How many images to decode and explain together (at most `most`) so that their inputs and the arrays the
+    methods keep per image (~8 input-sized float32 arrays: input, baselines or noise, attributions, sums) fit the
+    budget next to one model run."""
+    per_image = 8 * 4 * int(np.prod([d for d in graph.input_shape[1:] if d is not None], dtype=np.float64))
+    room = memory_budget() - model_run_bytes(graph)
+    return int(max(1, min(most, room // max(per_image, 1))))
+
+
 def check_image_memory(width: int, height: int, bands: int, path) -> None:
     """Decoding an image takes width x height x bands bytes, and its float copy four times that."""
     try:

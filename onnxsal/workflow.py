@@ -264,7 +264,7 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
     A file that cannot be decoded raises InputError, or, with `on_bad`, is reported to on_bad(path, reason)
     and skipped. Scores or maps that come out NaN or infinite raise ModelError naming the file."""
     from .files import OutputNames, make_folder, remove_stale_temporaries
-    from .safety import check_scores
+    from .safety import check_scores, images_per_chunk
 
     written: list[Path] = []
     make_folder(out)
@@ -273,6 +273,7 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
     names = OutputNames(out, overwrite)
     stems = [names.claim(f.stem, [f"_{m}.{e}" for m in methods for e in extensions]) for f in files]
     prep = explainer.preprocessing
+    chunk = images_per_chunk(explainer.graph, chunk)
     for start in range(0, len(files), chunk):
         batch_files, batch_stems, photos = [], [], []
         for f, stem in zip(files[start:start + chunk], stems[start:start + chunk]):

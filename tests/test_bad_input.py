@@ -709,3 +709,15 @@ def test_python_api_rejects_non_finite_method_options(tmp_path):
         ex.explain(x, "smoothgrad", noise_level=float("nan"))
     with pytest.raises(MethodError, match="option baseline of integrated_gradients"):
         ex.explain(x, "integrated_gradients", baseline=[0.0, float("inf")])
+
+
+def test_images_per_chunk_follows_the_budget(tmp_path, monkeypatch):
+    from onnxsal.graph import load_model
+    from onnxsal.safety import images_per_chunk, model_run_bytes
+
+    graph = load_model(tiny_model(tmp_path / "m.onnx", size=(512, 512)))
+    per_image = 8 * 4 * 3 * 512 * 512
+    monkeypatch.setenv("ONNXSAL_MEMORY_BUDGET", str(model_run_bytes(graph) + 3 * per_image))
+    assert images_per_chunk(graph, 16) == 3
+    monkeypatch.setenv("ONNXSAL_MEMORY_BUDGET", "64G")
+    assert images_per_chunk(graph, 16) == 16
