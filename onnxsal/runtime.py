@@ -111,6 +111,7 @@ class _Runner:
         self.session = make_session(model.SerializeToString(), providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        self.cached_in = None  # the cache folder the graph was read from, named in run-time errors
 
     def allocate(self, names: list[str], batch: int) -> list[np.ndarray] | None:
         """float32 arrays for whole-batch outputs, or None when an output's shape is not static."""
@@ -136,7 +137,8 @@ class _Runner:
             return into
         except Exception as exc:  # noqa: BLE001
             line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OnnxsalError(f"onnxruntime failed while running the model: {line}") from None
+            where = f" (graph read from the cache in {self.cached_in}; ONNXSAL_CACHE=0 bypasses it)" if self.cached_in else ""
+            raise OnnxsalError(f"onnxruntime failed while running the model: {line}{where}") from None
 
 
 class Engine:
@@ -178,6 +180,10 @@ class Engine:
                 drop(key[0])  # a disk entry onnxruntime refuses: rebuild it once
                 model, score = cached_model(self.graph, kind, options, build, outputs)
                 runner = _Runner(self.graph, model, self.providers)
+            from .cache import FROM_DISK, cache_dir
+
+            if key[0] in FROM_DISK:
+                runner.cached_in = cache_dir()
             if len(_SESSIONS) >= MAX_SESSIONS:
                 _SESSIONS.pop(next(iter(_SESSIONS)))
             _SESSIONS[key] = (runner, score)

@@ -533,6 +533,28 @@ def test_unloadable_cache_entry_is_rebuilt_once(work, monkeypatch):
     assert leftovers(work / "out2") == []
 
 
+def test_run_time_failure_of_a_cached_graph_names_the_cache(work, monkeypatch):
+    from onnxsal import runtime
+
+    cache = work / "cache"
+    env = {"ONNXSAL_CACHE_DIR": str(cache)}
+    _forget(monkeypatch)
+    assert cli(explain("cat.png", "--out", "out0"), env=env).exit_code == 0
+    _forget(monkeypatch)
+
+    real = runtime._Runner.run
+
+    def run(self, outputs, feeds, into=None):
+        if self.cached_in is not None:
+            self.session = None  # a graph from the cache that onnxruntime then fails to run
+        return real(self, outputs, feeds, into)
+
+    monkeypatch.setattr(runtime._Runner, "run", run)
+    refused(cli(explain("cat.png", "--out", "out"), env=env), 1, "onnxruntime failed while running the model",
+            f"graph read from the cache in {cache}")
+    assert leftovers(work / "out") == []
+
+
 def test_unusable_cache_folder_only_costs_speed(work, monkeypatch):
     (work / "blocker").write_text("a file where the cache folder should be")
     _forget(monkeypatch)
