@@ -150,6 +150,20 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def fits_budget(needed: int) -> bool:
+    return needed <= memory_budget()
+
+
+def sample_bytes(shapes: dict, names) -> int:
+    """float32 bytes of one sample's share of the named batch-first tensors (unknown dimensions count as 1)."""
+    total = 0
+    for name in set(names):
+        shape = shapes.get(name)
+        if shape:
+            total += 4 * int(np.prod([d for d in shape[1:] if isinstance(d, int) and d > 0], dtype=np.float64))
+    return total
+
+
 def check_memory(needed: int, what: str, advice: str) -> None:
     """ResourceError when `needed` bytes are over the budget; `what` says for what, `advice` what to change."""
     budget = memory_budget()

@@ -750,3 +750,35 @@ def test_images_per_chunk_follows_the_budget(tmp_path, monkeypatch):
     assert images_per_chunk(graph, 16) == 3
     monkeypatch.setenv("ONNXSAL_MEMORY_BUDGET", "64G")
     assert images_per_chunk(graph, 16) == 16
+
+
+def test_constant_folding_probe_stays_within_the_budget(monkeypatch):
+    """Folding shape arithmetic runs the model at batch 3; over the budget it is left undone (the Engine refuses)."""
+    import onnxruntime as ort
+
+    from onnxsal.graph import canonicalize
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "minus_one"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    inits = [helper.make_tensor("zero", TensorProto.INT64, [], [0]), helper.make_tensor("axes", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 512, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sessions = []
+    real = ort.InferenceSession
+
+    def spy(*args, **kwargs):
+        sessions.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    monkeypatch.setenv("ONNXSAL_MEMORY_BUDGET", "4M")  # one 3x512x512 float32 sample is 3 MiB; the probe needs 3
+    canonicalize.fold_constants(model, "x")
+    assert sessions == []
+    monkeypatch.setenv("ONNXSAL_MEMORY_BUDGET", "1G")
+    canonicalize.fold_constants(model, "x")
+    assert sessions == [1]
