@@ -782,3 +782,30 @@ def test_constant_folding_probe_stays_within_the_budget(monkeypatch):
     monkeypatch.setenv("ONNXSAL_MEMORY_BUDGET", "1G")
     canonicalize.fold_constants(model, "x")
     assert sessions == [1]
+
+
+needs_non_root = pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the simulated "
+                                    "EACCES case above covers this machine")
+
+
+@needs_non_root
+def test_read_only_output_folder(work):
+    (work / "out").mkdir()
+    (work / "out").chmod(0o500)
+    try:
+        refused(cli(explain("cat.png", "--out", "out")), 1, f"cannot write out{os.sep}cat_saliency.png: permission denied")
+        assert leftovers(work / "out") == []
+    finally:
+        (work / "out").chmod(0o700)
+
+
+@needs_non_root
+def test_read_only_cache_folder_only_costs_speed(work, monkeypatch):
+    (work / "cache").mkdir()
+    (work / "cache").chmod(0o500)
+    _forget(monkeypatch)
+    try:
+        result = cli(explain("cat.png", "--out", "out"), env={"ONNXSAL_CACHE_DIR": str(work / "cache")})
+        assert result.exit_code == 0 and result.stderr == "", result.output
+    finally:
+        (work / "cache").chmod(0o700)
