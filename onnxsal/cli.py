@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from math import isfinite
 
 import click
-from math import isfinite
 
 from .errors import OnnxsalError
 
@@ -80,15 +80,12 @@ class Number(click.ParamType):
     def convert(self, value, param, ctx):
         from .safety import finite_number
 
-        if isinstance(value, float):
-            text = value
-        else:
-            try:
-                text = float(value)
-            except ValueError:
-                self.fail(f"{value!r} is not a number", param, ctx)
         try:
-            return finite_number(text, "the value", low=self.low, high=self.high, low_open=self.low_open, nonzero=self.nonzero)
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        try:
+            return finite_number(number, "the value", low=self.low, high=self.high, low_open=self.low_open, nonzero=self.nonzero)
         except OnnxsalError as exc:
             self.fail(str(exc).replace("the value must", "it must"), param, ctx)
 
