@@ -165,7 +165,7 @@ class Engine:
         """A session for an augmented model: from the process table, else built from the (disk-cached) model.
 
         `outputs`: names the model must have (a cache entry without them is rebuilt)."""
-        from .cache import cached_model, entry_key
+        from .cache import FROM_DISK, cache_dir, cached_model, drop, entry_key
 
         key = (entry_key(self.graph, kind, options), repr(provider_list(self.providers)))
         if key not in _SESSIONS:
@@ -173,15 +173,11 @@ class Engine:
             try:
                 runner = _Runner(self.graph, model, self.providers)
             except OnnxsalError:
-                from .cache import FROM_DISK, drop
-
                 if key[0] not in FROM_DISK:
                     raise  # a graph built just now: the model's problem, not the cache's
                 drop(key[0])  # a disk entry onnxruntime refuses: rebuild it once
                 model, score = cached_model(self.graph, kind, options, build, outputs)
                 runner = _Runner(self.graph, model, self.providers)
-            from .cache import FROM_DISK, cache_dir
-
             if key[0] in FROM_DISK:
                 runner.cached_in = cache_dir()
             if len(_SESSIONS) >= MAX_SESSIONS:
