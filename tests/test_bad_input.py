@@ -684,7 +684,7 @@ def _external(work, location):
 
 @pytest.mark.parametrize("setup,pattern", [
     ("corrupt", "not an ONNX model"),
-    ("truncated", "ext.onnx"),
+    ("truncated", "ext.onnx is not an ONNX model"),
     ("outside", "cannot load the external data"),
     ("absolute", "cannot load the external data"),
     ("symlink", "cannot load the external data"),
