@@ -159,6 +159,7 @@ class Engine:
             warnings.warn(UNBATCHABLE, stacklevel=3)
         budget = GPU_MEMORY_BUDGET if "CUDAExecutionProvider" in self.providers else DEFAULT_MEMORY_BUDGET
         self.batch_size = 1 if not graph.batchable else (batch_size or default_batch_size(graph, budget))
+        check_model_memory(graph, self.batch_size)
 
     # -- sessions
     def _runner(self, kind: str, options: tuple, build, outputs=()) -> tuple[_Runner, str]:

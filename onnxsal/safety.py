@@ -172,23 +172,26 @@ def check_memory(needed: int, what: str, advice: str) -> None:
                             f"{advice} (or raise ONNXSAL_MEMORY_BUDGET)")
 
 
-def model_run_bytes(graph) -> int:
-    """Bytes of the smallest gradient run of a canonical model: one sample's batch-dependent tensors, forward and
-    backward (~3x; the batch-of-2 probe, 2x forward, fits the same bound), plus the weights, held by up to three
-    sessions. Unknown dimensions count as 1."""
+def model_run_bytes(graph, batch: int = 1) -> int:
+    """Bytes of a gradient run of a canonical model over `batch` samples: each sample's batch-dependent tensors,
+    forward and backward (~3x; the batch-of-2 probe, 2x forward, fits the bound of batch 1), plus the weights,
+    held by up to three sessions. Unknown dimensions count as 1."""
     per_sample = 0
     for shape in list(graph.shapes.values()) + [graph.input_shape]:
         if not shape or shape[0] is not None:
             continue
         dims = [d for d in shape[1:] if d is not None]
         per_sample += 4 * int(np.prod(dims, dtype=np.float64))
-    return 3 * per_sample + 3 * graph.model.ByteSize()
+    return 3 * per_sample * max(1, batch) + 3 * graph.model.ByteSize()
 
 
-def check_model_memory(graph) -> None:
+def check_model_memory(graph, batch: int = 1) -> None:
     shape = "x".join("N" if d is None else str(d) for d in graph.input_shape)
     check_memory(model_run_bytes(graph), f"one sample of input {shape}",
                  "use a smaller --size (or input_shape=) or a smaller model")
+    if batch > 1:
+        check_memory(model_run_bytes(graph, batch), f"a batch of {batch} samples of input {shape}",
+                     "use a smaller --batch-size (batch_size=)")
 
 
 def images_per_chunk(graph, most: int) -> int:

@@ -281,6 +281,15 @@ def test_huge_size_on_a_dynamic_model_is_refused(work):
     refused(result, 1, "Nx3x20000x20000", "over the memory budget of 1.0 GiB", "smaller --size")
 
 
+def test_huge_batch_size_is_refused(work):
+    tiny_model(work / "m.onnx", size=(224, 224))  # one sample: ~3 x (input + conv + relu) = ~8 MiB
+    result = cli(explain("cat.png", "--model", "m.onnx", "--batch-size", "100000", "--out", "out",
+                         "--method", "smoothgrad"), env={"ONNXSAL_MEMORY_BUDGET": "4G"})
+    refused(result, 1, "a batch of 100000 samples of input Nx3x224x224 needs about", "smaller --batch-size")
+    assert cli(explain("cat.png", "--model", "m.onnx", "--batch-size", "8", "--out", "out"),
+               env={"ONNXSAL_MEMORY_BUDGET": "4G"}).exit_code == 0
+
+
 def test_image_over_the_budget_is_refused(work):
     png_header_only(work / "wide.png", 20_000, 8_000)  # 160 M pixels: under PIL's bomb limit, over 1 GiB decoded
     result = cli(explain("wide.png", "--out", "out"), env={"ONNXSAL_MEMORY_BUDGET": "1G"})
