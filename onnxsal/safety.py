@@ -3,7 +3,8 @@
 Memory budget: the bytes one run may allocate for model tensors, images and probes. A run estimates
 what it needs from the shapes (tensor elements x 4 bytes, forward and backward) before allocating
 anything, and refuses with a one-line error when the estimate is over the budget.
-Default: half of the machine's physical memory (at least 1 GiB); ONNXSAL_MEMORY_BUDGET overrides it
+Default: half of the machine's physical memory or the container's limit (at least 1 GiB); ONNXSAL_MEMORY_BUDGET
+overrides it
 ("8G", "512M", "1.5GiB" or a number of bytes).
 """
 
@@ -126,11 +127,24 @@ def parse_bytes(text: str, name: str = "ONNXSAL_MEMORY_BUDGET") -> int:
     return value
 
 
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def physical_memory() -> int | None:
+    """The machine's memory, or the container's limit (cgroup v2 or v1) when that is lower."""
     try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        total = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return None
+        total = None
+    for path in CGROUP_LIMITS:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (total is None or int(text) < total):
+            total = int(text)
+    return total
 
 
 def memory_budget() -> int:

@@ -818,3 +818,16 @@ def test_read_only_cache_folder_only_costs_speed(work, monkeypatch):
         assert result.exit_code == 0 and result.stderr == "", result.output
     finally:
         (work / "cache").chmod(0o700)
+
+
+def test_default_budget_follows_a_container_limit(tmp_path, monkeypatch):
+    from onnxsal import safety
+
+    limit = tmp_path / "memory.max"
+    limit.write_text(str(6 << 30) + "\n")
+    monkeypatch.delenv("ONNXSAL_MEMORY_BUDGET", raising=False)
+    monkeypatch.setattr(safety, "CGROUP_LIMITS", (str(limit),))
+    if (safety.physical_memory() or 0) >= 6 << 30:
+        assert safety.memory_budget() == 3 << 30
+    limit.write_text("max\n")  # no limit: the machine's memory decides
+    assert safety.memory_budget() >= 1 << 30
