@@ -250,10 +250,11 @@ def method_flags(fn):
 
 
 def _progress(total: float, label: str, enabled: bool):
-    """A click progress bar on stderr fed with fractional work units, or a no-op."""
+    """A click progress bar on stderr fed with fractional work units, or a no-op (also when stderr is not a terminal:
+    a log or a pipe gets only note:, warning: and error: lines)."""
     import contextlib
 
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():
         return contextlib.nullcontext(None)
 
     @contextlib.contextmanager

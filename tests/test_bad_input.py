@@ -631,6 +631,17 @@ def test_python_warnings_are_one_plain_line(work, monkeypatch):
     assert ".py" not in result.stderr
 
 
+def test_a_successful_run_keeps_stderr_empty(work):
+    """At the file-descriptor level (onnxruntime logs there, past Python): no log lines, no progress label when
+    stderr is not a terminal."""
+    env = {**os.environ, "ONNXSAL_CACHE_DIR": str(work / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "onnxsal.cli", "explain", "cat.png", "--model", "tiny.onnx", "--method",
+                           "smoothgrad", "--samples", "20", "--out", "out"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "wrote 1 file(s)" in proc.stdout
+
+
 def test_onnxruntime_log_is_errors_only(monkeypatch):
     import onnxruntime as ort
 
