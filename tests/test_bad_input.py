@@ -301,7 +301,7 @@ def test_bad_budget_setting(work):
             "ONNXSAL_MEMORY_BUDGET must be a size such as 8G")
 
 
-def test_probe_draws_float32(monkeypatch):
+def test_probe_draws_float32(tmp_path, monkeypatch):
     """The batch probe never makes a float64 copy of a full-size input."""
     from onnxsal import runtime
 
@@ -318,9 +318,7 @@ def test_probe_draws_float32(monkeypatch):
 
     from onnxsal.graph import load_model
 
-    tmp = Path(os.environ["ONNXSAL_CACHE_DIR"]) / "probe-model.onnx"
-    tiny_model(tmp, size=(8, 8))
-    graph = load_model(tmp)
+    graph = load_model(tiny_model(tmp_path / "probe-model.onnx", size=(8, 8)))
     monkeypatch.setattr(np.random, "default_rng", Spy)
     runtime.Engine(graph)
     assert calls and all(c is np.float32 for c in calls)
