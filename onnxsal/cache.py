@@ -3,7 +3,9 @@
 Entries are keyed by the sha256 of the original model, the canonicalization inputs (input shape and
 names), the kind of model and its options, a digest of onnxsal's sources and onnx's version. Writes go to a
 temporary file in the cache directory and are renamed into place (atomic on POSIX and Windows), so
-concurrent writers never leave a torn entry; an entry that fails to parse is deleted and rebuilt.
+concurrent writers never leave a torn entry. An entry is used only when its metadata names the same key, its
+checksum matches and it has the outputs asked for; otherwise it is deleted and rebuilt (and an entry
+onnxruntime cannot load is rebuilt once, see runtime.py). Temporaries of killed runs are removed at start.
 
 Location: $ONNXSAL_CACHE_DIR, else $XDG_CACHE_HOME/onnxsal, else ~/.cache/onnxsal.
 ONNXSAL_CACHE=0 turns the disk cache off.
@@ -14,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import onnx
 
 _MEMORY: dict[str, tuple[onnx.ModelProto, str]] = {}
+FROM_DISK: set[str] = set()  # keys whose model was read from the disk cache in this process (not built here)
 
 
 def cache_dir() -> Path | None:
@@ -55,31 +57,54 @@ def entry_key(graph, kind: str, options) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a finished file gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
+    """Write through a temporary and a rename (see files.atomic_write); raises OSError."""
+    from .files import atomic_write as write
+
+    write(path, data)
+
+
+_SWEPT: set[str] = set()
+
+
+def sweep(directory: Path) -> None:
+    """Once per process and folder: delete temporaries that killed runs left in the cache."""
+    if str(directory) in _SWEPT:
+        return
+    _SWEPT.add(str(directory))
+    from .files import remove_stale_temporaries
+
+    remove_stale_temporaries(directory, old_style=True)
+
+
+def drop(key: str) -> None:
+    """Forget an entry in memory and on disk (it failed to load into a session)."""
+    _MEMORY.pop(key, None)
+    FROM_DISK.discard(key)
+    directory = cache_dir()
+    if directory is None:
+        return
+    for p in (directory / f"{key}.onnx", directory / f"{key}.json"):
         try:
-            os.unlink(tmp)
+            p.unlink()
         except OSError:
             pass
-        raise
 
 
-def _read(directory: Path, key: str) -> tuple[onnx.ModelProto, str] | None:
+def _read(directory: Path, key: str, outputs=()) -> tuple[onnx.ModelProto, str] | None:
+    """An entry whose stored key, checksum and outputs match; a mismatched or corrupt one is deleted (None)."""
     model_path, meta_path = directory / f"{key}.onnx", directory / f"{key}.json"
     try:
         meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key:
+            raise ValueError("entry made for another key")
         data = model_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise ValueError("checksum mismatch")
-        return onnx.load_from_string(data), meta["score"]
+        model = onnx.load_from_string(data)
+        names = {o.name for o in model.graph.output}
+        if meta["score"] not in names or not set(outputs) <= names:
+            raise ValueError("entry lacks the outputs asked for")
+        return model, meta["score"]
     except FileNotFoundError:
         return None
     except Exception:  # noqa: BLE001 - a corrupt entry: drop it and rebuild
@@ -91,20 +116,27 @@ def _read(directory: Path, key: str) -> tuple[onnx.ModelProto, str] | None:
         return None
 
 
-def cached_model(graph, kind: str, options, build: Callable[[], tuple[onnx.ModelProto, str]]):
-    """(model, score name) from the process cache, the disk cache, or `build()` (then stored in both)."""
+def cached_model(graph, kind: str, options, build: Callable[[], tuple[onnx.ModelProto, str]], outputs=()):
+    """(model, score name) from the process cache, the disk cache, or `build()` (then stored in both).
+
+    `outputs`: names the model must have; a disk entry without them is rebuilt."""
     key = entry_key(graph, kind, options)
     if key in _MEMORY:
         return _MEMORY[key]
     directory = cache_dir()
-    found = _read(directory, key) if directory is not None else None
-    if found is None:
+    if directory is not None:
+        sweep(directory)
+    found = _read(directory, key, outputs) if directory is not None else None
+    if found is not None:
+        FROM_DISK.add(key)
+    else:
+        FROM_DISK.discard(key)
         found = build()
         if directory is not None:
             try:
                 data = found[0].SerializeToString()
                 atomic_write(directory / f"{key}.onnx", data)
-                meta = {"sha256": hashlib.sha256(data).hexdigest(), "score": found[1], "kind": kind}
+                meta = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "score": found[1], "kind": kind}
                 atomic_write(directory / f"{key}.json", json.dumps(meta).encode())
             except OSError:
                 pass  # a read-only or full cache directory only costs speed

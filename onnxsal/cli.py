@@ -5,28 +5,89 @@ from __future__ import annotations
 import json
 import os
 import sys
+from math import isfinite
 
 import click
 
 from .errors import OnnxsalError
 
 
+class Refusal(click.ClickException):
+    """One line on stderr, `error: ...`, and an exit code (1 bad input, 2 bad command line, 130/143 signals)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None):
+        click.echo(f"error: {self.format_message()}", file=file or sys.stderr)
+
+
 class Group(click.Group):
-    """Turns OnnxsalError into a one-line 'Error: ...' and exit 1; other failures into one line too."""
+    """Every failure becomes one line on stderr (`error: ...`) and a documented exit code (README, exit codes)."""
 
     def invoke(self, ctx):
+        if ctx.parent is not None:
+            return self._invoke(ctx)
+        from .safety import quiet_runtime
+
+        with quiet_runtime():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+        except (click.exceptions.Exit, Refusal):
             raise
+        except click.UsageError as exc:  # unknown option, a value out of its range: one line, exit 2
+            message = exc.format_message()
+            raise Refusal(message[0].lower() + message[1:] if message else "bad command line", 2) from None
+        except click.ClickException as exc:
+            raise Refusal(exc.format_message(), exc.exit_code) from None
+        except click.Abort:
+            raise Refusal("interrupted", 130) from None
+        except KeyboardInterrupt as exc:
+            from .safety import Terminated
+
+            raise Refusal("terminated", 143) if isinstance(exc, Terminated) else Refusal("interrupted", 130) from None
         except OnnxsalError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise Refusal(str(exc)) from None
+        except MemoryError:
+            raise Refusal("out of memory; use a smaller --size, --batch-size or fewer images at once, or a lower "
+                          "ONNXSAL_MEMORY_BUDGET so onnxsal refuses such runs up front") from None
+        except OSError as exc:
+            from .files import reason
+
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise Refusal(f"{where}{reason(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - an internal failure: one line unless debugging
             if os.environ.get("ONNXSAL_DEBUG"):
                 raise
-            raise click.ClickException(
-                f"internal error ({type(exc).__name__}: {exc}); rerun with ONNXSAL_DEBUG=1 for the traceback"
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise Refusal(
+                f"internal error ({type(exc).__name__}: {text}); rerun with ONNXSAL_DEBUG=1 for the traceback"
             ) from None
+
+
+class Number(click.ParamType):
+    """A finite float (NaN and infinities refused) in an optional range."""
+
+    name = "number"
+
+    def __init__(self, low=None, high=None, low_open=False, nonzero=False):
+        self.low, self.high, self.low_open, self.nonzero = low, high, low_open, nonzero
+
+    def convert(self, value, param, ctx):
+        from .safety import finite_number
+
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        try:
+            return finite_number(number, "the value", low=self.low, high=self.high, low_open=self.low_open, nonzero=self.nonzero)
+        except OnnxsalError as exc:
+            self.fail(str(exc).replace("the value must", "it must"), param, ctx)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,7 +180,7 @@ def export(model, output, layers, rules, target_kind, no_input_grad, size, input
     """
     from .autodiff.augment import gradient_model
     from .autodiff.registry import rulesets
-    from .cache import atomic_write
+    from .files import write_output
     from .graph.layers import select_layer
 
     if rules not in rulesets():
@@ -131,7 +192,7 @@ def export(model, output, layers, rules, target_kind, no_input_grad, size, input
     augmented, score = gradient_model(graph, chosen, rules, target_kind, input_grad=not no_input_grad)
     from pathlib import Path
 
-    atomic_write(Path(output), augmented.SerializeToString())
+    write_output(Path(output), augmented.SerializeToString())
     click.echo(f"wrote {output}")
     for i in augmented.graph.input:
         if i.name not in {init.name for init in augmented.graph.initializer}:
@@ -149,17 +210,22 @@ def _floats(text, what):
         values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise click.BadParameter(f"{what} takes numbers separated by commas, e.g. 0.485,0.456,0.406") from None
-    return values
+    from .safety import finite_number
+
+    try:
+        return [finite_number(v, what, low=0 if what == "--std" else None, low_open=what == "--std") for v in values]
+    except OnnxsalError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def preprocessing_options(fn):
     """The flags that describe how images become inputs of a model that is not from the zoo."""
     options = [
         click.option("--size", type=SIZE, help="Input size in pixels: a side or HxW, e.g. 48x192 (default: the model's, else 224)."),
-        click.option("--crop", type=click.FloatRange(0, 1, min_open=True), help="Fraction of the short side kept by the centre crop (default 0.875)."),
+        click.option("--crop", type=Number(0, 1, low_open=True), help="Fraction of the short side kept by the centre crop (default 0.875)."),
         click.option("--mean", help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406."),
         click.option("--std", help="Per-channel std divided by, e.g. 0.229,0.224,0.225."),
-        click.option("--scale", type=float, help="Pixel (0..255) multiplier applied first (default 1/255)."),
+        click.option("--scale", type=Number(nonzero=True), help="Pixel (0..255) multiplier applied first (default 1/255)."),
         click.option("--layout", type=click.Choice(["nchw", "nhwc"], case_sensitive=False), help="Input layout (default: detected)."),
         click.option("--bgr", is_flag=True, default=None, help="Feed channels in BGR order."),
         click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest", "lanczos"]), help="Resize filter."),
@@ -216,12 +282,12 @@ def method_flags(fn):
                      help="Detections kept for --box (default 0.5)."),
         click.option("--layer", default=None, help="Layer for CAM methods (tensor or node name; default: the zoo's or auto)."),
         click.option("--steps", type=click.IntRange(1), help="integrated_gradients: points on the path (default 50)."),
-        click.option("--tolerance", type=float, help="integrated_gradients: refine until |gap| <= tolerance * |F(x) - F(x')|."),
+        click.option("--tolerance", type=Number(0, low_open=True), help="integrated_gradients: refine until |gap| <= tolerance * |F(x) - F(x')|."),
         click.option("--baseline", help="integrated_gradients reference / occlusion fill: black, zeros, gray, mean, blur, "
                                         "uniform or a number; join several with + to average."),
         click.option("--samples", type=click.IntRange(1), help="smoothgrad, smoothgrad_sq, vargrad: noisy copies (default 50); "
                                                                "rise, drise: masks (default 1000)."),
-        click.option("--noise-level", type=float, help="smoothgrad family: noise std as a fraction of the input range (default 0.15)."),
+        click.option("--noise-level", type=Number(0), help="smoothgrad family: noise std as a fraction of the input range (default 0.15)."),
         click.option("--base", help="smoothgrad family: the method averaged (default saliency)."),
         click.option("--window", type=click.IntRange(1), help="occlusion: patch side in pixels (default 32)."),
         click.option("--stride", type=click.IntRange(1), help="occlusion: patch step in pixels (default 16)."),
@@ -231,7 +297,7 @@ def method_flags(fn):
         click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="onnxruntime execution provider."),
         click.option("--cmap", type=click.Choice(["inferno", "viridis", "jet", "gray", "rdbu"]), help="Colormap of the overlays."),
-        click.option("--alpha", type=click.FloatRange(0, 1), default=0.6, show_default=True, help="Overlay opacity at the strongest pixels."),
+        click.option("--alpha", type=Number(0, 1), default=0.6, show_default=True, help="Overlay opacity at the strongest pixels."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -239,10 +305,11 @@ def method_flags(fn):
 
 
 def _progress(total: float, label: str, enabled: bool):
-    """A click progress bar on stderr fed with fractional work units, or a no-op."""
+    """A click progress bar on stderr fed with fractional work units, or a no-op (also when stderr is not a terminal:
+    a log or a pipe gets only note:, warning: and error: lines)."""
     import contextlib
 
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():
         return contextlib.nullcontext(None)
 
     @contextlib.contextmanager
@@ -271,7 +338,11 @@ def _work(explainer, methods, cli, images: int) -> float:
 def _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size):
     from .workflow import baseline_value
 
-    return {"steps": steps, "tolerance": tolerance, "baseline": baseline_value(baseline), "samples": samples,
+    reference = baseline_value(baseline)
+    for value in reference if isinstance(reference, list) else [reference]:
+        if isinstance(value, float) and not isfinite(value):
+            raise click.BadParameter(f"--baseline must be a finite number or a name, not {value}")
+    return {"steps": steps, "tolerance": tolerance, "baseline": reference, "samples": samples,
             "noise_level": noise_level, "base": base, "window": window, "stride": stride, "batch_size": batch_size}
 
 
@@ -285,12 +356,17 @@ def _cli_options(steps, tolerance, baseline, samples, noise_level, base, window,
               help="Overlay PNGs, raw maps (.npy, float32 HxW), or both.")
 @preprocessing_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def explain(images, model, methods, target, region, region_mean, box, decoder, score_threshold, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
-            batch_size, target_kind, provider, cmap, alpha, out_dir, fmt, size, crop, mean, std, scale, layout, bgr,
-            interpolation, preprocess_file, labels_file, input_name, output_name, quiet):
+@click.option("--fail-fast", is_flag=True, help="Stop at the first bad image instead of skipping it.")
+@click.option("--overwrite", is_flag=True, help="Replace files left in --out by earlier runs (default: new names, cat-2_...).")
+def explain(images, model, methods, target, region, region_mean, box, decoder, score_threshold, layer, steps, tolerance,
+            baseline, samples, noise_level, base, window, stride, batch_size, target_kind, provider, cmap, alpha, out_dir, fmt,
+            size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, input_name, output_name,
+            quiet, fail_fast, overwrite):
     """Explain IMAGES (files or directories) and write one picture per image and method.
 
     With no images and no model: the bundled photo of a cat, explained by the default zoo model.
+    A bad image (not an image, corrupt, not a regular file) is skipped with a warning and the run ends with
+    exit code 1 and a summary; --fail-fast stops at the first one instead.
     """
     from pathlib import Path
 
@@ -301,7 +377,20 @@ def explain(images, model, methods, target, region, region_mean, box, decoder, s
         images = (str(zoo.example_image("chelsea")),)
     if not images:
         raise click.UsageError("give at least one image (file or directory)")
-    files = image_files(images)
+    bad: list = []
+    files = image_files(images, on_bad=None if fail_fast else lambda path, why: bad.append(why))
+    if not files and len(bad) == 1:
+        raise OnnxsalError(bad[0])  # a single input: its reason is the one line
+    for why in bad:
+        click.echo(f"warning: {why}; skipped", err=True)
+    if not files:
+        raise OnnxsalError(f"none of the {len(bad)} images could be read (named in the warnings above)")
+    inputs = len(files) + len(bad)
+
+    def skip(path, why):
+        bad.append(why)
+        click.echo(f"warning: {why}; skipped", err=True)
+
     chosen = parse_methods(methods or ["grad_cam"])
     setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
                    input_name, output_name)
@@ -322,9 +411,13 @@ def explain(images, model, methods, target, region, region_mean, box, decoder, s
     report = (lambda line: None) if quiet else click.echo
     with _progress(total, "explaining", enabled=not quiet and total > 8) as advance:
         written = explain_files(ex, files, chosen, goal, cli, Path(out_dir), fmt, cmap, alpha, progress=advance, report=report,
-                                dense=dense)
+                                dense=dense, on_bad=None if fail_fast or inputs == 1 else skip, overwrite=overwrite)
     if not quiet:
         click.echo(f"wrote {len(written)} file(s) to {out_dir}")
+    if bad and len(bad) == inputs:
+        raise OnnxsalError(f"none of the {inputs} images could be read (named in the warnings above)")
+    if bad:
+        raise OnnxsalError(f"{len(bad)} of {inputs} images skipped (named in the warnings above); the others were explained")
 
 
 def _dense(ex, region, region_mean, box, decoder, score_threshold):
@@ -400,7 +493,12 @@ def compare(image, model, methods, target, region, region_mean, box, decoder, sc
     report = (lambda line: None) if quiet else click.echo
     with _progress(_work(ex, chosen, cli, 1), "comparing", enabled=not quiet) as advance:
         sheet = compare_image(ex, file, chosen, goal, cli, cmap, alpha, progress=advance, dense=dense, report=report)
-    path = Path(output) if output else Path("onnxsal-out") / f"{file.stem}_compare.png"
+    if output:
+        path = Path(output)
+    else:
+        from .files import OutputNames
+
+        path = Path("onnxsal-out") / (OutputNames("onnxsal-out").claim(file.stem, ["_compare.png"]) + "_compare.png")
     viz.save_png(sheet, path)
     if not quiet:
         click.echo(f"wrote {path}")

@@ -49,6 +49,9 @@ class Preprocessing:
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        from .safety import check_fields
+
+        check_fields(self)  # types, finite numbers and ranges, one line naming the field
         if self.channels not in CHANNELS:
             raise InputError(f"channels is 1 (gray), 3 (RGB) or 4 (RGBA), not {self.channels!r}")
         self.mean = _per_channel(self.mean, "mean", self.channels, IMAGENET_MEAN)
@@ -95,8 +98,9 @@ class Preprocessing:
     def from_file(cls, path) -> "Preprocessing":
         """A JSON or TOML sidecar with the fields of this class (a TOML file may nest them under [preprocessing])."""
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"preprocessing file not found: {path}")
+        from .files import require_regular
+
+        require_regular(path, "preprocessing")  # missing, a folder, a pipe
         try:
             if path.suffix.lower() == ".toml":
                 import tomllib
@@ -110,7 +114,10 @@ class Preprocessing:
             data = data["preprocessing"]
         if not isinstance(data, dict):
             raise InputError(f"preprocessing file {path} must hold a table of settings")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -263,26 +270,36 @@ def _high_bit_depth(im, fmt, path):
 
 
 def load_image(path):
-    """A PIL image from a file: RGB for 8-bit images, mode "F" (gray, 0..255 floats) for deeper ones.
+    """A PIL image from a file: RGB (RGBA when it has alpha) for 8-bit images, mode "F" (gray, 0..255 floats) for deeper ones.
 
     Preprocessing.array gives the model's channel count from either. One-line errors for missing,
     non-image and corrupt files.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"image file not found: {path}")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory, not an image file")
+    from .files import require_regular
+    from .safety import check_image_memory
+
+    path = require_regular(path, "image")  # missing, a folder, a pipe: one line (a pipe could block forever)
     try:
         with Image.open(path) as im:
+            check_image_memory(im.width, im.height, len(im.getbands()), path)
             im.load()
             fmt = im.format
             im = ImageOps.exif_transpose(im)
             deep = _high_bit_depth(im, fmt, path)
-            return deep if deep is not None else im.convert("RGB")
+            if deep is not None:
+                return deep
+            alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
+            return im.convert("RGBA" if alpha else "RGB")  # alpha kept for 4-channel models, dropped for others
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: {_first_line(exc)}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path} is a corrupt or truncated image: {exc}") from None
+        raise InputError(f"{path} is a corrupt or truncated image: {_first_line(exc)}") from None
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__

@@ -45,6 +45,7 @@ def default_providers() -> list[str]:
 def session_options():
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # onnxruntime's own log: errors only (no coloured warnings on stderr)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -122,6 +123,7 @@ class _Runner:
             raise OnnxsalError(f"{exc}{_size_hint(graph)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        self.cached_in = None  # the cache folder the graph was read from, named in run-time errors
 
     def allocate(self, names: list[str], batch: int) -> list[np.ndarray] | None:
         """float32 arrays for whole-batch outputs, or None when an output's shape is not static."""
@@ -147,7 +149,8 @@ class _Runner:
             return into
         except Exception as exc:  # noqa: BLE001
             line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OnnxsalError(f"onnxruntime failed while running the model: {line}{_size_hint(self.graph)}") from None
+            where = f" (graph read from the cache in {self.cached_in}; ONNXSAL_CACHE=0 bypasses it)" if self.cached_in else ""
+            raise OnnxsalError(f"onnxruntime failed while running the model: {line}{where}{_size_hint(self.graph)}") from None
 
 
 class Engine:
@@ -156,37 +159,58 @@ class Engine:
     def __init__(self, graph: ModelGraph, providers: Sequence[str] | None = None, batch_size: int | None = None):
         self.graph = graph
         self.providers = list(providers) if providers else default_providers()
+        from .cache import cache_dir, sweep
+        from .safety import check_model_memory
+
+        if cache_dir() is not None:
+            sweep(cache_dir())  # temporaries of killed runs, once per process
+        check_model_memory(graph)  # before the first allocation (the batch probe below)
         if graph.batchable is None:
             check_batching(self)
         if not graph.batchable:
             warnings.warn(UNBATCHABLE, stacklevel=3)
         budget = GPU_MEMORY_BUDGET if "CUDAExecutionProvider" in self.providers else DEFAULT_MEMORY_BUDGET
         self.batch_size = 1 if not graph.batchable else (batch_size or default_batch_size(graph, budget))
+        check_model_memory(graph, self.batch_size)
 
     # -- sessions
-    def _runner(self, kind: str, options: tuple, build) -> tuple[_Runner, str]:
-        """A session for an augmented model: from the process table, else built from the (disk-cached) model."""
-        from .cache import cached_model, entry_key
+    def _runner(self, kind: str, options: tuple, build, outputs=()) -> tuple[_Runner, str]:
+        """A session for an augmented model: from the process table, else built from the (disk-cached) model.
+
+        `outputs`: names the model must have (a cache entry without them is rebuilt)."""
+        from .cache import FROM_DISK, cache_dir, cached_model, drop, entry_key
 
         key = (entry_key(self.graph, kind, options), repr(provider_list(self.providers)))
         if key not in _SESSIONS:
-            model, score = cached_model(self.graph, kind, options, build)
+            model, score = cached_model(self.graph, kind, options, build, outputs)
+            try:
+                runner = _Runner(self.graph, model, self.providers)
+            except OnnxsalError:
+                if key[0] not in FROM_DISK:
+                    raise  # a graph built just now: the model's problem, not the cache's
+                drop(key[0])  # a disk entry onnxruntime refuses: rebuild it once
+                model, score = cached_model(self.graph, kind, options, build, outputs)
+                runner = _Runner(self.graph, model, self.providers)
+            if key[0] in FROM_DISK:
+                runner.cached_in = cache_dir()
             if len(_SESSIONS) >= MAX_SESSIONS:
                 _SESSIONS.pop(next(iter(_SESSIONS)))
-            _SESSIONS[key] = (_Runner(self.graph, model, self.providers), score)
+            _SESSIONS[key] = (runner, score)
         return _SESSIONS[key]
 
     def forward_runner(self, target_kind: str = "logit", layers: Sequence[str] = ()) -> tuple[_Runner, str]:
         from .autodiff.augment import forward_model
 
-        return self._runner("forward", (target_kind, tuple(layers)), lambda: forward_model(self.graph, target_kind, layers))
+        return self._runner("forward", (target_kind, tuple(layers)), lambda: forward_model(self.graph, target_kind, layers),
+                            tuple(layers))
 
     def gradient_runner(self, layers: Sequence[str], ruleset: str, target_kind: str, input_grad: bool,
                         top: bool = False) -> tuple[_Runner, str]:
         from .autodiff import augment
 
         return self._runner("gradient", (tuple(layers), ruleset, target_kind, input_grad, top),
-                            lambda: augment.gradient_model(self.graph, layers, ruleset, target_kind, input_grad, top=top))
+                            lambda: augment.gradient_model(self.graph, layers, ruleset, target_kind, input_grad, top=top),
+                            ([f"{self.graph.input_name}_grad"] if input_grad else []) + [n for l in layers for n in (l, f"{l}_grad")])
 
     # -- running
     def _check_input(self, x: np.ndarray) -> np.ndarray:
@@ -260,13 +284,17 @@ def check_batching(engine: Engine) -> None:
 
     import onnxruntime as ort
 
-    x = np.random.default_rng(0).standard_normal(shape).astype(helper.tensor_dtype_to_np_dtype(graph.input_dtype))
+    # float32 draws (a float64 draw of a large input would double the probe's memory), then the input's type
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32).astype(
+        helper.tensor_dtype_to_np_dtype(graph.input_dtype), copy=False)
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a failing batch of 2 is an answer here, not an error to print
     try:
         both = runner.session.run([score], {graph.input_name: x}, quiet)[0]
         single = np.concatenate([runner.session.run([score], {graph.input_name: x[i:i + 1]})[0] for i in range(2)])
-        ok = both.shape == single.shape and np.allclose(both, single, rtol=1e-3, atol=1e-4 * (np.abs(single).max() + 1))
+        finite = np.abs(single[np.isfinite(single)])  # NaN scores (NaN weights) are reported later, by the caller
+        scale = float(finite.max()) if finite.size else 0.0
+        ok = both.shape == single.shape and np.allclose(both, single, rtol=1e-3, atol=1e-4 * (scale + 1), equal_nan=True)
     except Exception:  # noqa: BLE001 - any failure with batch 2 means: not batchable
         ok = False
     graph.batchable = bool(ok)

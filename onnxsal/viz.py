@@ -129,19 +129,19 @@ def save_png(image, path) -> None:
     import io
     from pathlib import Path
 
-    from .cache import atomic_write
+    from .files import write_output
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    atomic_write(Path(path), buffer.getvalue())
+    write_output(Path(path), buffer.getvalue())
 
 
 def save_npy(array: np.ndarray, path) -> None:
     import io
     from pathlib import Path
 
-    from .cache import atomic_write
+    from .files import write_output
 
     buffer = io.BytesIO()
     np.save(buffer, array)
-    atomic_write(Path(path), buffer.getvalue())
+    write_output(Path(path), buffer.getvalue())

@@ -6,6 +6,7 @@ Usable from Python too; everything here raises OnnxsalError subclasses with one-
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,38 +21,58 @@ CAM_LIKE = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "
 SMOOTH_MAPS = CAM_LIKE + ("rise", "drise")  # low-frequency maps: scaled by their maximum, blended whole
 
 
-def image_files(paths: Sequence[str]) -> list[Path]:
-    """Files from arguments (directories expand to the images inside, sorted); checks each opens as an image."""
+def image_files(paths: Sequence[str], on_bad: Callable[[Path, str], None] | None = None) -> list[Path]:
+    """Files from arguments (directories expand to the images inside, sorted); checks each is a regular file
+    whose header PIL recognises (pixels are decoded later, once).
+
+    A bad file raises InputError, or, with `on_bad`, is reported to on_bad(path, reason) and left out."""
     from PIL import Image, UnidentifiedImageError
 
-    files: list[Path] = []
+    from .files import require_regular
+    from .safety import check_image_memory
+
+    candidates: list[Path] = []
     for arg in paths:
         path = Path(arg)
         if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             if not inside:
                 raise InputError(f"directory {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-            files += inside
-        elif not path.exists():
-            raise InputError(f"image file not found: {path}")
+            candidates += inside
         else:
-            files.append(path)
-    for path in files:
+            candidates.append(path)
+    files: list[Path] = []
+    for path in candidates:
         try:
-            with Image.open(path) as im:
-                im.verify()
-        except UnidentifiedImageError:
-            raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"{path} is a corrupt or truncated image: {exc}") from None
+            require_regular(path, "image")  # never open a pipe: it may block, and it cannot be read twice
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget decides below
+                    with Image.open(path) as im:  # the header only
+                        check_image_memory(im.width, im.height, len(im.getbands()), path)
+            except UnidentifiedImageError:
+                raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
+            except Image.DecompressionBombError as exc:
+                raise InputError(f"{path}: {str(exc).rstrip('.')}") from None
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise InputError(f"{path} is a corrupt or truncated image: {exc}") from None
+        except InputError as exc:
+            if on_bad is None:
+                raise
+            on_bad(path, str(exc))
+            continue
+        files.append(path)
     return files
 
 
 def read_labels(path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"labels file not found: {path}")
-    return [line.strip() for line in path.read_text().splitlines()]
+    from .files import require_regular
+
+    path = require_regular(path, "labels")
+    try:
+        return [line.strip() for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read labels file {path}: {exc}") from None
 
 
 @dataclass
@@ -313,29 +334,55 @@ def list_detections(explainer, files: list[Path], decoder, threshold, report: Ca
 
 def explain_files(explainer, files: list[Path], methods: list[str], target, cli_options: dict, out: Path, fmt: str,
                   cmap: str | None, alpha: float, chunk: int = 16, progress: Callable[[float], None] | None = None,
-                  report: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr,
+                  report: Callable[[str], None] = print, on_bad: Callable[[Path, str], None] | None = None,
+                  overwrite: bool = False, warn: Callable[[str], None] = _stderr,
                   dense: DenseSpec | None = None) -> list[Path]:
     """Explain every file with every method; write <stem>_<method>.png / .npy into `out`; returns what was written.
 
     Per image it reports the top classes (by the head's own activation) and, per method, what was explained:
-    the target, the target kind, the output and the score."""
+    the target, the target kind, the output and the score; an all-zero map gets a warning.
+    Output stems are unique in the run and, unless `overwrite`, against files already in `out` (cat, cat-2, ...).
+    A file that cannot be decoded raises InputError, or, with `on_bad`, is reported to on_bad(path, reason)
+    and skipped. Scores or maps that come out NaN or infinite raise ModelError naming the file."""
+    from .files import OutputNames, make_folder, remove_stale_temporaries
+    from .safety import check_scores, images_per_chunk
+
     written: list[Path] = []
-    stems = unique_stems(files)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
+    remove_stale_temporaries(out, endings=(".png", ".npy"))  # left by a killed run
+    extensions = {"png": ["png"], "npy": ["npy"], "both": ["png", "npy"]}[fmt]
+    names = OutputNames(out, overwrite)
+    stems = [names.claim(f.stem, [f"_{m}.{e}" for m in methods for e in extensions]) for f in files]
     prep = explainer.preprocessing
+    chunk = images_per_chunk(explainer.graph, chunk)
     for start in range(0, len(files), chunk):
-        batch_files = files[start:start + chunk]
-        photos = [load_image(f) for f in batch_files]
+        batch_files, batch_stems, photos = [], [], []
+        for f, stem in zip(files[start:start + chunk], stems[start:start + chunk]):
+            try:
+                photos.append(load_image(f))
+            except InputError as exc:
+                if on_bad is None:
+                    raise
+                on_bad(f, str(exc))
+                continue
+            batch_files.append(f)
+            batch_stems.append(stem)
+        if not batch_files:
+            continue
         x = prep.batch(photos)
         tops = explainer.top_classes(x, 3)
+        for k, f in enumerate(batch_files):
+            if any(not np.isfinite(p) for _, _, p in tops[k]):
+                check_scores(explainer.predict(x[k:k + 1]), explainer.graph.output_name, f.name, explainer.graph.model)
         for k, f in enumerate(batch_files):
             if tops[k]:
                 report(f"{f.name}: " + ", ".join(f"{c} {name} {p:.1%}" for c, name, p in tops[k]))
         goal = dense.target_for(explainer, target, x, photos, prep, report, [f.name for f in batch_files]) if dense else target
         for method in methods:
             res = explainer.explain(x, method, target=goal, progress=progress, **method_options(method, cli_options))
+            _check_result(explainer, res, method, batch_files)
             for k, f in enumerate(batch_files):
-                stem = stems[start + k]
+                stem = batch_stems[k]
                 name = _target_text(explainer, res, k)
                 line = f'  {method}: {res.target_kind} of {name} at output "{res.output}" = {res.scores[k]:.4g}'
                 warning = zero_map_warning(f.name, method, res, k)
@@ -390,6 +437,18 @@ def model_input_shape(source, size, input_name=None) -> tuple:
     return (None, h, w, channels) if layout == "NHWC" else (None, channels, h, w)
 
 
+def _check_result(explainer, res, method: str, files: list[Path]) -> None:
+    """ModelError naming the first file whose explained score or map is NaN or infinite."""
+    from .errors import ModelError
+    from .safety import check_scores
+
+    for k, f in enumerate(files):
+        check_scores(res.scores[k:k + 1], explainer.graph.output_name, f.name, explainer.graph.model)
+        if not np.isfinite(res.maps[k]).all():
+            raise ModelError(f"{method} gave NaN or infinite values for {f.name}; the model's gradients overflow "
+                             "(try another method or target)")
+
+
 def _class_name(explainer, c: int) -> str:
     if c < 0:
         return "weighted classes"
@@ -425,6 +484,7 @@ def compare_image(explainer, file: Path, methods: list[str], target, cli_options
     tiles, labels, chosen = [shown], ["input"], None
     for method in methods:
         res = explainer.explain(x, method, target=goal, progress=progress, **method_options(method, cli_options))
+        _check_result(explainer, res, method, [file])
         if goal is not target and not tiles[1:] and getattr(goal, "last_mask", None) is not None:
             tiles[0] = draw_target(shown, goal, 0, photo.size, prep)
         chosen = _target_text(explainer, res, 0)

@@ -26,7 +26,7 @@ def one_line_error(result, pattern):
     out = result.output.strip()
     assert "Traceback" not in out
     assert len(out.splitlines()) == 1, out
-    assert out.startswith("Error: ") and pattern in out, out
+    assert out.startswith("error: ") and pattern in out, out
 
 
 def test_inspect_zoo_model(runner):

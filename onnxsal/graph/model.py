@@ -110,6 +110,9 @@ def read_model(model) -> tuple[onnx.ModelProto, bytes | None, Path | None]:
             raise ModelError(f"model file not found: {path}")
         if path.is_dir():
             raise ModelError(f"{path} is a directory; give the path of an .onnx file")
+        from ..files import require_regular
+
+        require_regular(path, "model", ModelError)  # a pipe would block, and the file is read more than once
         try:
             data = path.read_bytes()
         except OSError as exc:

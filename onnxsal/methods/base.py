@@ -7,6 +7,7 @@ model runs (SmoothGrad, Integrated Gradients, Occlusion) stream them through ONN
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -64,6 +65,10 @@ class Method:
         if unknown:
             valid = ", ".join(sorted(self.defaults)) or "none"
             raise MethodError(f"unknown option(s) {', '.join(unknown)} for {self.name}; its options: {valid}")
+        for key, value in options.items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise MethodError(f"option {key} of {self.name} must be a finite number, not {value!r}")
         self.ex = explainer
         self.options = {**self.defaults, **options}
 

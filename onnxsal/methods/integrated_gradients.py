@@ -31,6 +31,7 @@ from .base import Attribution, Method, REDUCTIONS, reduce_channels, register
 from ..errors import MethodError
 
 SCHEMES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+MAX_GAUSS_LEGENDRE = 1024
 
 
 def quadrature(scheme: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +39,10 @@ def quadrature(scheme: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     if steps < 1 or (scheme == "riemann_trapezoid" and steps < 2):
         raise MethodError(f"steps must be at least {2 if scheme == 'riemann_trapezoid' else 1}, got {steps}")
     k = np.arange(steps, dtype=np.float64)
+    if scheme == "gausslegendre" and steps > MAX_GAUSS_LEGENDRE:
+        # the nodes come from the eigenvalues of a steps x steps matrix: steps^2 memory, steps^3 time
+        raise MethodError(f"Gauss-Legendre integration takes at most {MAX_GAUSS_LEGENDRE} steps, not {steps}; for a finer "
+                          "integral set a tolerance (--tolerance 0.01) or a riemann_* integration")
     if scheme == "gausslegendre":
         t, v = np.polynomial.legendre.leggauss(steps)
         return (t + 1) / 2, v / 2
