@@ -7,6 +7,7 @@ results are numpy arrays. See onnxsal.methods() for the methods and their option
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -61,8 +62,15 @@ class Explainer:
         self.labels = list(labels) if labels is not None else None
         self.target_kind = target_kind
         protected = () if layer in (None, "auto") else (layer,)
+        if input_shape is None and preprocessing is not None and zoo_name is None:
+            input_shape = _shape_for(source, preprocessing, input_name)
         self.graph = load_model(source, input_name=input_name, output_name=output_name, input_shape=input_shape,
                                 protected=protected)
+        if self.preprocessing is not None and len(self.graph.input_shape) == 4:
+            # as the CLI does: the model decides layout, channel count and size (a sidecar need not say them)
+            channels = self.graph.input_shape[3 if self.graph.layout == "NHWC" else 1]
+            self.preprocessing = replace(self.preprocessing, layout=self.graph.layout, size=tuple(self.graph.spatial_shape),
+                                         channels=channels if channels in (1, 3, 4) else self.preprocessing.channels)
         self.engine = Engine(self.graph, providers=providers, batch_size=batch_size)
         self._layer_spec = layer or "auto"
         self._layer: Layer | None = None
@@ -230,6 +238,22 @@ class Explainer:
             order = np.argsort(-row, kind="stable")[:k]
             out.append([(int(c), self.labels[c] if self.labels and c < len(self.labels) else str(c), float(row[c])) for c in order])
         return out
+
+
+def _shape_for(source, preprocessing: Preprocessing, input_name) -> tuple | None:
+    """The input shape a model with dynamic spatial dimensions gets from the preprocessing's size, else None."""
+    from .graph.model import find_input, read_model
+
+    try:
+        proto, _, _ = read_model(source)
+        dims = find_input(proto, input_name).type.tensor_type.shape.dim
+    except Exception:  # noqa: BLE001 - load_model reports a bad model properly
+        return None
+    if len(dims) != 4 or all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:]):
+        return None
+    from .workflow import model_input_shape
+
+    return model_input_shape(source, preprocessing.size, input_name)
 
 
 def gaussian_blur(x: np.ndarray, sigma: float, nhwc: bool) -> np.ndarray:

@@ -205,12 +205,13 @@ def _per_channel(value, name, channels: int, default: tuple) -> tuple:
         value = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         raise InputError(f"{name} takes numbers, one per channel, not {value!r}") from None
-    if len(value) == 1:
-        return value * channels
+    if len(value) == 1 or (len(value) != channels and len(set(value)) == 1):  # one value for every channel
+        return (value[0],) * channels
     if len(value) == 3 and channels != 3 and value == tuple(default):
         return (float(np.mean(value)),) * channels
     if len(value) != channels:
-        raise InputError(f"{name} needs 1 or {channels} values (one per channel), got {len(value)}")
+        wanted = "1 value" if channels == 1 else f"1 or {channels} values (one per channel)"
+        raise InputError(f"{name} needs {wanted} for a {channels}-channel model, got {len(value)}")
     return value
 
 

@@ -178,6 +178,8 @@ def parse_target(target: str, labels: list[str] | None, classes: int | None):
         return "top"
     if re.fullmatch(r"-?\d+", target.strip()):
         index = int(target)
+        if classes == 1 and index != 0:
+            raise TargetError(f"class {index} does not exist: the output has one unit (class 0)")
         if classes is not None and not 0 <= index < classes:
             raise TargetError(f"class index {index} is out of range: the model has {classes} classes (0..{classes - 1})")
         return index
@@ -282,10 +284,13 @@ def zero_map_warning(file_name: str, method: str, res, k: int) -> str | None:
     """A warning when the map of sample k is identically zero (written anyway, but never silently)."""
     if np.any(res.maps[k]):
         return None
-    where = f"layer {res.layer}" if res.layer else "the input"
-    return (f"warning: the {method} map of {file_name} is all zeros: the explained score does not change with {where} "
-            f"there (a ReLU-clipped CAM, a saturated probability, or a layer past the score); try another --layer, "
-            f"--target-kind logit or another method")
+    if res.layer:
+        why = (f"no positive evidence at layer {res.layer} (the CAM's ReLU removed every value, or the score does not "
+               "depend on that layer); try another --layer or a pixel method")
+    else:
+        why = "the explained score does not change with the input here"
+        why += "; try --target-kind logit" if res.target_kind != "logit" else " (a dead or saturated unit); try another method"
+    return f"warning: the {method} map of {file_name} is all zeros: {why}"
 
 
 @dataclass
@@ -376,7 +381,8 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
                 check_scores(explainer.predict(x[k:k + 1]), explainer.graph.output_name, f.name, explainer.graph.model)
         for k, f in enumerate(batch_files):
             if tops[k]:
-                report(f"{f.name}: " + ", ".join(f"{c} {name} {p:.1%}" for c, name, p in tops[k]))
+                report(f"{f.name}: " + ", ".join(f"{c} {name} {p:.1%}" if name != str(c) else f"{c} {p:.1%}"
+                                                  for c, name, p in tops[k]))
         goal = dense.target_for(explainer, target, x, photos, prep, report, [f.name for f in batch_files]) if dense else target
         for method in methods:
             res = explainer.explain(x, method, target=goal, progress=progress, **method_options(method, cli_options))
@@ -384,6 +390,8 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
             for k, f in enumerate(batch_files):
                 stem = batch_stems[k]
                 name = _target_text(explainer, res, k)
+                if explainer.graph.head.dense and " over " not in name and not name.startswith("box"):
+                    name += " summed over every position"
                 line = f'  {method}: {res.target_kind} of {name} at output "{res.output}" = {res.scores[k]:.4g}'
                 warning = zero_map_warning(f.name, method, res, k)
                 if warning:

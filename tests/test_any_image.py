@@ -59,7 +59,7 @@ def test_one_channel_models_get_luma_and_matching_statistics():
     # ImageNet's statistics averaged for one channel: mean 0.449, std 0.226
     assert prep.mean == pytest.approx((0.449,), abs=1e-9) and prep.std == pytest.approx((0.226,), abs=1e-9)
     assert prep.pixel_value(0.0) == pytest.approx([-0.449 / 0.226], rel=1e-6)
-    with pytest.raises(onnxsal.errors.InputError, match="mean needs 1 or 1 values"):
+    with pytest.raises(onnxsal.errors.InputError, match="mean needs 1 value for a 1-channel model, got 2"):
         Preprocessing(channels=1, mean=(0.1, 0.2))
 
 
@@ -214,3 +214,51 @@ def test_all_zero_maps_are_reported(tmp_path, photo):
                                   str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert "warning: the grad_cam map of photo.png is all zeros" in result.output
+
+
+def test_python_and_cli_adapt_a_sidecar_to_the_model(tmp_path, photo):
+    # an NHWC 12x20 model and a sidecar that names only the statistics: both faces feed 12x20 NHWC
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Gray(3, nhwc=True).eval(), (torch.randn(1, 12, 20, 3),), f, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}})
+    (tmp_path / "nhwc.onnx").write_bytes(f.getvalue())
+    (tmp_path / "nhwc.preprocess.json").write_text(json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}))
+    ex = onnxsal.Explainer(str(tmp_path / "nhwc.onnx"))
+    assert ex.preprocessing.layout == "NHWC" and ex.preprocessing.shape == (12, 20)
+    x = ex.preprocessing.batch([load_image(photo)])
+    assert x.shape == (1, 12, 20, 3)
+    api = ex.explain(x, "saliency").maps[0]
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["explain", str(photo), "--model", str(tmp_path / "nhwc.onnx"), "--method", "saliency",
+                                       "--format", "npy", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(out / "photo_saliency.npy"), api, rtol=1e-5, atol=1e-8)
+    # a one-channel model whose sidecar gives one mean and std (no "channels" key)
+    (tmp_path / "gray.onnx").write_bytes(_onnx(Gray(1), (1, 1, 16, 16)))
+    (tmp_path / "gray.preprocess.json").write_text(json.dumps({"mean": [0.5], "std": [0.25]}))
+    result = CliRunner().invoke(main, ["explain", str(photo), "--model", str(tmp_path / "gray.onnx"), "--method", "saliency",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ex = onnxsal.Explainer(str(tmp_path / "gray.onnx"))
+    assert ex.preprocessing.channels == 1 and ex.preprocessing.mean == (0.5,)
+    black = ex.baselines(np.zeros((1, 1, 16, 16), np.float32), "black")[0]
+    np.testing.assert_allclose(black, -2.0)  # (0 - 0.5) / 0.25
+
+
+def test_a_model_needing_another_input_is_refused_up_front(tmp_path, photo):
+    class TwoInputs(nn.Module):
+        def forward(self, meta, image):
+            return image.mean(dim=(2, 3)) + meta
+
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TwoInputs(), (torch.randn(1, 3), torch.randn(1, 3, 8, 8)), f, dynamo=False, opset_version=17,
+                          input_names=["meta", "image"], output_names=["y"])
+    (tmp_path / "two.onnx").write_bytes(f.getvalue())
+    result = CliRunner().invoke(main, ["explain", str(photo), "--model", str(tmp_path / "two.onnx"), "--input-name", "image"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "also needs input(s) 'meta'" in lines[0], result.output

@@ -309,17 +309,21 @@ def test_auto_layer_is_not_the_score_of_a_segmentation_model():
 
 
 class GapHead(nn.Module):
-    """conv -> relu -> [AvgPool2d(whole map) | GAP] -> flatten -> linear, or a SqueezeNet-style head."""
+    """conv -> relu -> [AvgPool2d(whole map) | GAP] -> flatten -> linear, a SqueezeNet-style head, or a 1x1 conv head."""
 
-    def __init__(self, pool="avgpool", squeeze=False, mlp=False):
+    def __init__(self, pool="avgpool", squeeze=False, mlp=False, conv_head=False):
         super().__init__()
         torch.manual_seed(5)
         self.conv = nn.Conv2d(3, 5 if squeeze else 6, 3, padding=1)
         self.pool = nn.AvgPool2d(4) if pool == "avgpool" else nn.AdaptiveAvgPool2d(1)
         self.fc = None if squeeze else (nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 5)) if mlp else nn.Linear(6, 5))
+        self.conv_head = nn.Conv2d(6, 5, 1) if conv_head else None
 
     def forward(self, x):
-        y = self.pool(torch.relu(self.conv(x))).flatten(1)
+        y = self.pool(torch.relu(self.conv(x)))
+        if self.conv_head is not None:
+            return self.conv_head(y).flatten(1)
+        y = y.flatten(1)
         return y if self.fc is None else self.fc(y)
 
 
@@ -332,9 +336,9 @@ def _cam_matches_grad_cam(data):
     assert cam.max() > 0
 
 
-@pytest.mark.parametrize("pool,squeeze", [("avgpool", False), ("gap", True)])
-def test_cam_accepts_real_gap_linear_heads(pool, squeeze):
-    _cam_matches_grad_cam(_torch_onnx(GapHead(pool, squeeze)))
+@pytest.mark.parametrize("pool,squeeze,conv_head", [("avgpool", False, False), ("gap", True, False), ("gap", False, True)])
+def test_cam_accepts_real_gap_linear_heads(pool, squeeze, conv_head):
+    _cam_matches_grad_cam(_torch_onnx(GapHead(pool, squeeze, conv_head=conv_head)))
 
 
 def test_cam_sees_through_float_casts_around_the_linear_layer():
@@ -378,3 +382,52 @@ def test_dense_top_is_the_class_with_the_highest_sum_not_a_per_pixel_choice():
         assert res.scores[0] == pytest.approx(64.0)
     # d(sum of class 1)/dx = W[1] at every pixel: channel sum 1 everywhere (a per-pixel seed gives 10 at (3, 3))
     np.testing.assert_array_equal(ex.explain(x, "saliency", abs=False, reduce="sum").maps[0], np.ones((8, 8), np.float32))
+
+
+class Dense4(nn.Module):
+    """Conv features -> 4-class 1x1 conv on 8x8, then one of the exporter-style tails of the review's findings."""
+
+    def __init__(self, tail):
+        super().__init__()
+        torch.manual_seed(12)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.cls = nn.Conv2d(6, 4, 1)
+        self.tail = tail
+
+    def logits(self, x):
+        if self.tail == "nhwc_input":
+            x = x.permute(0, 3, 1, 2)
+        return self.cls(torch.relu(self.conv(x)))  # (N, 4, 8, 8)
+
+    def forward(self, x):
+        z = self.logits(x)
+        t = self.tail
+        if t == "sigmoid_permute":
+            return torch.sigmoid(z).permute(0, 2, 3, 1)
+        if t == "softmax_reshape":
+            return torch.softmax(z, 1).reshape(z.shape[0], 4, 64)
+        if t == "tokens":
+            tokens = z.flatten(2).transpose(1, 2)  # (N, 64, 4)
+            return torch.softmax(tokens, -1).reshape(-1, 8, 8, 4)
+        if t == "permute":
+            return z.permute(0, 2, 3, 1)
+        return z  # nhwc_input: NCHW scores of a channels-last model
+
+
+@pytest.mark.parametrize("tail,axis", [("sigmoid_permute", 3), ("softmax_reshape", 1), ("tokens", 3), ("permute", 3),
+                                       ("nhwc_input", 1)])
+def test_class_axis_followed_through_tails_and_layouts(tail, axis):
+    module = Dense4(tail)
+    shape = (1, 8, 8, 3) if tail == "nhwc_input" else (1, 3, 8, 8)
+    data = _torch_onnx(module, shape)
+    ex = onnxsal.Explainer(data)
+    assert ex.graph.class_axis == axis and ex.num_classes == 4, ex.describe()
+    assert not ex.graph.choices
+    x = RNG.standard_normal((2,) + shape[1:]).astype(np.float32)
+    z = module.logits(torch.as_tensor(x)).detach().numpy()  # (N, 4, 8, 8)
+    top = z.reshape(2, 4, -1).sum(axis=2).argmax(axis=1)
+    res = ex.explain(x, "gradient_x_input")
+    np.testing.assert_array_equal(res.targets, top)
+    np.testing.assert_allclose(res.scores, z.reshape(2, 4, -1).sum(axis=2)[np.arange(2), top], rtol=1e-4)
+    assert ex.graph.output_name not in {l.tensor for l in ex.layers()}
+    assert all("Softmax" not in l.tensor and "Sigmoid" not in l.tensor for l in ex.layers())

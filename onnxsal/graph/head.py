@@ -52,6 +52,7 @@ class Head:
     activation_node: onnx.NodeProto | None = field(default=None, repr=False)
     class_axis: int | None = 1
     shape: tuple | None = None
+    axis_guessed: bool = False  # the class axis could not be followed through the tail: a default was taken
 
     @property
     def logits(self) -> str:
@@ -196,19 +197,45 @@ def detect_head(model: onnx.ModelProto, output: str, shapes: dict, layout: str =
     if node is None or node.op_type not in ACTIVATIONS or node.domain not in ("", "ai.onnx"):
         return Head(output, None, output, [], None, default_class_axis(out_shape, layout), out_shape)
     z = node.input[0]
-    if node.op_type == "Sigmoid":
-        axis = default_class_axis(out_shape, layout)
+    zshape = shapes.get(z)
+    if node.op_type == "Sigmoid":  # elementwise: the class axis of z, wherever the tail moves it
+        axis = default_class_axis(zshape, layout) if zshape is not None else None
     else:
-        zshape = shapes.get(z)
         axis = int(attribute(node, "axis", -1))
         if zshape is not None:
             axis %= len(zshape)
         elif axis < 0:
             axis = None
-        axis = _map_axis(axis, tail, shapes, consts, zshape)
-        if axis is None or axis == 0 or (out_shape is not None and axis >= len(out_shape)):
-            axis = default_class_axis(out_shape, layout)
-    return Head(output, node.op_type, z, tail, node, axis, out_shape)
+    mapped = _map_axis(axis, tail, shapes, consts, zshape) if tail else axis
+    head = Head(output, node.op_type, z, tail, node, mapped, out_shape)
+    if mapped is None or mapped == 0 or (out_shape is not None and mapped >= len(out_shape)):
+        head.class_axis = default_class_axis(out_shape, layout)
+        head.axis_guessed = head.class_axis is not None and (node.op_type != "Sigmoid" or len(out_shape or ()) > 2)
+    return head
+
+
+def refine_class_axis(graph) -> None:
+    """Dense (N, ., ., .) scores whose class axis no softmax names: take it from the layout of the tensor.
+
+    Channel-first ops (Conv, pools) make NCHW tensors and Transposes (0,2,3,1)/(0,3,1,2) switch layout
+    (graph/layers.py), so a Conv head permuted to NHWC has classes on axis 3, and an NHWC-input model whose
+    convolutions end in NCHW has them on axis 1. When neither a softmax nor the layout says, onnxsal says
+    which axis it assumed (graph.choices).
+    """
+    from .layers import _layouts
+
+    head = graph.head
+    named = head.activation in ("Softmax", "LogSoftmax") and not head.axis_guessed
+    if head.shape is not None and len(head.shape) == 4 and not named:
+        tag = _layouts(graph).get(graph.output_name)
+        if tag is not None:
+            head.class_axis = 1 if tag == "NCHW" else 3
+            head.axis_guessed = False
+            graph.class_axis = head.class_axis
+    if head.axis_guessed:
+        dims = "x".join("N" if d is None else str(d) for d in head.shape) if head.shape else "?"
+        graph.choices.append(f'could not follow the class axis of output "{graph.output_name}" [{dims}] through '
+                             f"{' -> '.join(n.op_type for n in head.tail) or 'the graph'}; assuming axis {head.class_axis}")
 
 
 def _map_axis(axis, tail, shapes, consts, in_shape) -> int | None:
@@ -248,12 +275,14 @@ def _map_axis(axis, tail, shapes, consts, in_shape) -> int | None:
             f = int(attribute(node, "axis", 1))
             axis = 0 if axis < f else 1
         elif op == "Reshape":
-            if in_shape is not None and out_shape is not None and tuple(in_shape) == tuple(out_shape):
+            # the axis survives when every dimension up to it, or from it on, is unchanged
+            if in_shape is None or out_shape is None:
+                return None
+            i, o = tuple(in_shape), tuple(out_shape)
+            if i[1:axis + 1] == o[1:axis + 1] and None not in i[1:axis + 1]:
                 pass
-            elif out_shape is not None and len(out_shape) == 2:
-                axis = 1
-            elif in_shape is not None and out_shape is not None and len(in_shape) == len(out_shape):
-                pass
+            elif len(i) - axis <= len(o) - 1 and i[axis:] == o[len(o) - (len(i) - axis):] and None not in i[axis:]:
+                axis = len(o) - (len(i) - axis)
             else:
                 return None
         in_shape = out_shape

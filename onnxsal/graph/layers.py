@@ -110,6 +110,10 @@ def score_tensors(graph: ModelGraph) -> set[str]:
     made = graph.producers()
     live = _depends_on_input(graph)
     found = {graph.logits_name, graph.output_name}
+    head = graph.head
+    if head is not None and head.activation_node is not None:  # the activation's output and the tail after it
+        found.add(head.activation_node.output[0])
+        found.update(n.output[0] for n in head.tail)
     tensor = graph.logits_name
     for _ in range(64):
         node = made.get(tensor)

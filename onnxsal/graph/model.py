@@ -20,7 +20,7 @@ from onnx import TensorProto
 
 from ..errors import ModelError
 from . import canonicalize as canon
-from .head import Head, choose_output, detect_head
+from .head import Head, choose_output, detect_head, refine_class_axis
 from .utils import (
     FLOAT_TYPES,
     constants,
@@ -248,6 +248,12 @@ def _canonical(proto, data, digest, input_name, output_name, input_shape, protec
     proto = onnx.ModelProto.FromString(proto.SerializeToString()) if data is None else proto
     inp = find_input(proto, input_name)
     input_name = inp.name
+    inits = {i.name for i in proto.graph.initializer}
+    others = [i.name for i in proto.graph.input if i.name not in inits and i.name != input_name]
+    if others:
+        listed = ", ".join(repr(o) for o in others)
+        raise ModelError(f"the model also needs input(s) {listed} beside the image {input_name!r}; onnxsal feeds only the "
+                         "image: fold the others into the model as constants (or give them initializers)")
     output_name, chosen = pick_output(proto, output_name)
     notes: list[str] = []
     choices = [chosen] if chosen else []
@@ -278,7 +284,7 @@ def _canonical(proto, data, digest, input_name, output_name, input_shape, protec
         proto.graph.node.extend(extra)
         proto = infer_shapes(proto)
         dtypes, shapes = tensor_types(proto)
-    return ModelGraph(
+    graph = ModelGraph(
         model=proto,
         input_name=input_name,
         input_shape=ishape,
@@ -296,3 +302,5 @@ def _canonical(proto, data, digest, input_name, output_name, input_shape, protec
         head=head,
         choices=choices,
     )
+    refine_class_axis(graph)
+    return graph

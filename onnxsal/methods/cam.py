@@ -134,8 +134,8 @@ def linear_head(graph, layer) -> np.ndarray:
     consts, users = graph.constants(), graph.consumers()
     spatial_axes = {1, 2} if layer.layout == "NHWC" else {2, 3}
     not_gap = MethodError(
-        "cam needs a model whose head is global average pooling followed by one linear layer; "
-        "this one differs after the layer: use grad_cam (equal to CAM up to a scale on such heads)"
+        "cam needs a model whose head is global average pooling followed by one linear layer; this one differs "
+        "after the layer: use grad_cam, which needs no particular head (on GAP + linear heads it equals CAM up to a scale)"
     )
     scores = graph.head.pre_activation if graph.head is not None else graph.logits_name
 
@@ -173,13 +173,18 @@ def linear_head(graph, layer) -> np.ndarray:
         node_out = node.output[0]
     else:
         node = skip(only_user(node.output[0]), ("Flatten", "Reshape", "Squeeze", "Cast"))
-        node_out = node.output[0] if node.output[0] == scores and node.op_type not in ("Gemm", "MatMul") else None
+        node_out = node.output[0] if node.output[0] == scores and node.op_type not in ("Gemm", "MatMul", "Conv") else None
     if node_out is not None:  # the pooled map is the score: each channel is its class
         c = layer.channels
         if graph.num_classes not in (None, c):
             raise not_gap
         return np.eye(c, dtype=np.float32)
-    if node.op_type == "Gemm":
+    if node.op_type == "Conv":  # a 1x1 convolution on the pooled (N, C, 1, 1) map
+        w = consts.get(node.input[1])
+        if w is None or w.ndim != 4 or w.shape[2:] != (1, 1) or attribute(node, "group", 1) != 1:
+            raise not_gap
+        w = w[:, :, 0, 0]
+    elif node.op_type == "Gemm":
         w = consts.get(node.input[1])
         if w is None or attribute(node, "transA", 0):
             raise not_gap
@@ -195,7 +200,7 @@ def linear_head(graph, layer) -> np.ndarray:
     t, biased = node.output[0], False
     while t != scores:  # then only float Casts and one constant bias Add
         after = only_user(t)
-        if after.op_type == "Cast" and attribute(after, "to", None) in FLOAT_TYPES:
+        if after.op_type == "Cast" and attribute(after, "to", None) in FLOAT_TYPES or after.op_type in ("Flatten", "Reshape", "Squeeze"):
             pass
         elif after.op_type == "Add" and not biased and any(i in consts for i in after.input if i != t):
             biased = True
