@@ -18,7 +18,8 @@ from .preprocess import Preprocessing, load_image, sidecar_for
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 CAM_LIKE = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
-SMOOTH_MAPS = CAM_LIKE + ("rise", "drise")  # low-frequency maps: scaled by their maximum, blended whole
+MASK_METHODS = ("rise", "drise")
+SMOOTH_MAPS = CAM_LIKE + MASK_METHODS  # low-frequency maps: scaled by their maximum, blended whole
 
 
 def image_files(paths: Sequence[str], on_bad: Callable[[Path, str], None] | None = None) -> list[Path]:
@@ -244,7 +245,10 @@ def picture(explanation, index: int, photo, method: str, cmap: str | None, alpha
 
     smooth = method in SMOOTH_MAPS or (method.startswith("smooth") and explanation.attributions is None) \
         or (method == "vargrad" and explanation.attributions is None)
-    values = viz.normalize(explanation.maps[index:index + 1], explanation.signed, 100.0 if smooth else 99.0)[0]
+    maps = explanation.maps[index:index + 1]
+    if method in MASK_METHODS:  # RISE maps sit on a large constant (E[f] p): shown from their minimum to their maximum
+        maps = maps - maps.min()
+    values = viz.normalize(maps, explanation.signed, 100.0 if smooth else 99.0)[0]
     if kind == "map":
         return viz.render_map(values, explanation.signed, cmap if cmap not in (None, "inferno") else None)
     return viz.overlay(photo, values, explanation.signed, cmap, alpha if not smooth else min(alpha, 0.5), smooth=smooth)
@@ -496,6 +500,10 @@ def compare_image(explainer, file: Path, methods: list[str], target, cli_options
         if goal is not target and not tiles[1:] and getattr(goal, "last_mask", None) is not None:
             tiles[0] = draw_target(shown, goal, 0, photo.size, prep)
         chosen = _target_text(explainer, res, 0)
+        if isinstance(goal, BoxTarget):
+            det = goal.detections[0]
+            where = tuple(round(v) for v in input_to_photo(det.box, photo.size, prep))
+            chosen = f"box {_class_name(explainer, det.label)} score {det.score:.2f} at {where}"
         kind = "overlay" if method in SMOOTH_MAPS else "map"
         tiles.append(picture(res, 0, shown, method, cmap, alpha, kind))
         labels.append(method)

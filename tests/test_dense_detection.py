@@ -267,3 +267,24 @@ def test_cli_dense_errors_are_one_line(files, args, message):
     assert result.exit_code != 0
     lines = [line for line in result.output.strip().splitlines() if not line.startswith(("note:", "explaining "))]
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_inspect_says_when_boxes_are_selected_in_the_graph(tmp_path):
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = RNG.standard_normal((5, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["s"]), helper.make_node("Reshape", ["s", "shape"], ["f"]),
+             helper.make_node("TopK", ["f", "k"], ["top", "idx"], axis=2)]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 5, 16]),
+                               helper.make_tensor_value_info("top", TensorProto.FLOAT, ["N", 5, 3])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([3], np.int64), "k"),
+                               numpy_helper.from_array(np.array([0, 5, -1], np.int64), "shape")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "det.onnx")
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "det.onnx"), "--json", "--output-name", "f"])
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.output[result.output.index("{"):])["notes"]
+    assert any("selects boxes with TopK" in n and "--output-name" in n for n in notes), notes

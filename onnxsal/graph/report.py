@@ -53,6 +53,13 @@ def inspect_model(graph: ModelGraph, original: onnx.ModelProto | None = None) ->
     nodes = list(graph.graph.node)
     path, _ = _needed_nodes(nodes, graph.logits_name, _active_tensors(nodes, [graph.input_name], dtypes))
     report["gradient_path"] = {"nodes": len(path), "ops": dict(sorted(Counter(n.op_type for n in path).items()))}
+    selection = [n for n in nodes if n.op_type in ("NonMaxSuppression", "TopK")]
+    if selection:  # detectors: the boxes after NMS are chosen, not computed; explain the scores before it
+        before = sorted({t for n in selection for t in n.input[:2] if t})
+        report["notes"].append(
+            f"the graph selects boxes with {', '.join(sorted({n.op_type for n in selection}))} (node {selection[0].name or '?'}); "
+            f"that step has no gradient: explain a tensor before it with --output-name (e.g. {', '.join(before[:2])}) "
+            "and decode it with --box/--decoder")
     report["missing_rules"] = {
         name: [{"op": op, "node": label} for op, label in missing_rules(graph.model, graph.logits_name, [graph.input_name], name)]
         for name in rulesets()
