@@ -504,6 +504,62 @@ def compare(image, model, methods, target, region, region_mean, box, decoder, sc
         click.echo(f"wrote {path}")
 
 
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--model", default=None, help="Zoo name or .onnx file (default: the zoo's default model).")
+@click.option("--method", "methods", multiple=True, help="Method(s), repeatable or comma-separated, or 'all' (default grad_cam).")
+@method_flags
+@click.option("--out", "out_dir", default="onnxsal-out", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--format", "fmt", type=click.Choice(["png", "npy", "both", "none"]), default="png", show_default=True,
+              help="Overlays, maps (.npy), both, or none (the index only).")
+@click.option("--map-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="dtype of the .npy maps.")
+@click.option("--index", "index_file", type=click.Path(dir_okay=False), help="The run's index (default: OUT/index.jsonl).")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Decoding and writing threads.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first bad image instead of skipping it.")
+@preprocessing_options
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and the summary.")
+def batch(inputs, model, methods, target, region, region_mean, box, decoder, score_threshold, layer, steps, tolerance,
+          baseline, samples, noise_level, base, window, stride, batch_size, target_kind, provider, cmap, alpha, out_dir, fmt,
+          map_dtype, index_file, workers, fail_fast, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file,
+          labels_file, input_name, output_name, quiet):
+    """Explain a whole dataset: INPUTS are folders, glob patterns, files, or .csv/.jsonl lists of path[,target].
+
+    Streams images through decoding, explaining and writing with bounded memory; writes one index line per
+    image and method (OUT/index.jsonl). Rerunning the same command skips what the index already holds.
+    A bad image is skipped with a warning (--fail-fast stops instead); the run ends with a summary.
+    """
+    from pathlib import Path
+
+    from .pipeline import explain_dataset, read_inputs
+    from .workflow import method_options, parse_methods, parse_target
+
+    if region is not None or box is not None:
+        raise OnnxsalError("batch explains classes; --region and --box work with `explain` (per image)")
+    items = read_inputs(inputs)
+    if not items:
+        raise OnnxsalError("no images to explain")
+    chosen = parse_methods(methods or ["grad_cam"])
+    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
+                   input_name, output_name)
+    ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
+    _say_choices(ex.graph, quiet)
+    goal = parse_target(target, ex.labels, ex.num_classes)
+    cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
+    if not quiet:
+        click.echo(f"explaining {ex.describe()}", err=True)
+    warn = lambda line: click.echo(line, err=True)  # noqa: E731
+    with _progress(len(items), "explaining", enabled=not quiet) as advance:
+        summary = explain_dataset(ex, items, chosen, goal, lambda m: method_options(m, cli), Path(out_dir), fmt=fmt,
+                                  map_dtype=map_dtype, index_path=Path(index_file) if index_file else None, workers=workers,
+                                  cmap=cmap, alpha=alpha, fail_fast=fail_fast, progress=advance, report=warn)
+    rate = summary.images / summary.seconds if summary.seconds else 0.0
+    click.echo(f"{summary.images} image(s): {summary.done} result(s) written, {summary.skipped} already done, "
+               f"{len(summary.failed)} failed; {rate:.1f} images/s; index {index_file or Path(out_dir) / 'index.jsonl'}")
+    if summary.failed:
+        raise OnnxsalError(f"{len(summary.failed)} of {summary.images} images failed (named in the warnings above)")
+
+
 @main.group(cls=Group)
 def zoo():
     """The bundled pretrained models."""

@@ -199,6 +199,7 @@ class Explainer:
             method=method, signed=bool(impl.signed), delta=result.delta,
             layer=self.layer.tensor if impl.uses_layer else None, options=dict(impl.options), info=dict(result.info),
             output=self.graph.output_name, target_kind=self.target_kind, target=goal.describe(self.labels),
+            logits=scores if self.target_kind == "logit" and scores.ndim == 2 else None,
         )
 
     def _known_score_shape(self) -> tuple | None:
@@ -223,7 +224,10 @@ class Explainer:
         LogSoftmax head, or a multi-class head without activation), the sigmoid of each unit (Sigmoid heads
         and one-unit heads: multi-label / binary); [] for dense outputs and one-score-per-sample outputs.
         """
-        scores = self.engine.forward(self._batch(x), "logit")[0]
+        return self.top_from_logits(self.engine.forward(self._batch(x), "logit")[0], k)
+
+    def top_from_logits(self, scores: np.ndarray, k: int = 5) -> list[list[tuple[int, str, float]]]:
+        """top_classes from the logits already computed (an Explanation's `logits` with target_kind='logit')."""
         head = self.graph.head
         if scores.ndim != 2 or head.class_axis != 1:
             return [[] for _ in scores]

@@ -274,31 +274,43 @@ def load_image(path):
     """A PIL image from a file: RGB (RGBA when it has alpha) for 8-bit images, mode "F" (gray, 0..255 floats) for deeper ones.
 
     Preprocessing.array gives the model's channel count from either. One-line errors for missing,
-    non-image and corrupt files.
+    non-image and corrupt files. The file is read once.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from .files import require_regular
-    from .safety import check_image_memory
+    from .files import reason, require_regular
 
     path = require_regular(path, "image")  # missing, a folder, a pipe: one line (a pipe could block forever)
     try:
-        with Image.open(path) as im:
-            check_image_memory(im.width, im.height, len(im.getbands()), path)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read image file {path}: {reason(exc)}") from None
+    return decode_image(data, path)
+
+
+def decode_image(data: bytes, name) -> "Image.Image":
+    """load_image's decoding of a file's bytes (`name` is used in error messages)."""
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from .safety import check_image_memory
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            check_image_memory(im.width, im.height, len(im.getbands()), name)
             im.load()
             fmt = im.format
             im = ImageOps.exif_transpose(im)
-            deep = _high_bit_depth(im, fmt, path)
+            deep = _high_bit_depth(im, fmt, name)
             if deep is not None:
                 return deep
             alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
             return im.convert("RGBA" if alpha else "RGB")  # alpha kept for 4-channel models, dropped for others
     except UnidentifiedImageError:
-        raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
+        raise InputError(f"{name} is not an image file PIL can read (PNG, JPEG, ...)") from None
     except Image.DecompressionBombError as exc:
-        raise InputError(f"{path}: {_first_line(exc)}") from None
+        raise InputError(f"{name}: {_first_line(exc)}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path} is a corrupt or truncated image: {_first_line(exc)}") from None
+        raise InputError(f"{name} is a corrupt or truncated image: {_first_line(exc)}") from None
 
 
 def _first_line(exc) -> str:

@@ -38,6 +38,7 @@ class Explanation:
     output: str | None = None  # the model output explained
     target_kind: str = "logit"  # logit | probability | log_probability
     target: str = ""  # the target, in words ("the top class", "class 3 (cat)", ...)
+    logits: np.ndarray | None = None  # (N, K) the scores, for one-score-per-class outputs explained as logits
 
 
 @dataclass
