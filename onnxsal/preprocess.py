@@ -1,7 +1,8 @@
 """From image files to model inputs, and back to the region of the photo the model saw.
 
 Geometry (square output of side `size`):
-  resize_crop: resize the short side to round(size / crop), then centre-crop size x size
+  resize_crop: resize the short side to round(size / crop) (the long side in proportion, truncated), then
+               centre-crop size x size at offsets round((side - size) / 2), as torchvision's Resize + CenterCrop
   crop_resize: centre-crop a square of side round(min(h, w) * crop), then resize it to size x size
 Values: x = (pixel * scale - mean) / std per channel (pixel in 0..255, RGB unless bgr), then the
 model's layout (NCHW or NHWC) with a batch axis in front.
@@ -118,10 +119,11 @@ class Preprocessing:
         if self.order == "crop_resize":
             return image.crop(self.crop_box(w, h)).resize((self.size, self.size), resample)
         target_short = int(round(self.size / self.crop))
-        scale = target_short / min(w, h)
-        resized = image.resize((max(1, int(round(w * scale))), max(1, int(round(h * scale)))), resample)
+        # torchvision's Resize(int) and CenterCrop: the long side is truncated, the crop offsets rounded
+        long_side = max(1, int(target_short * max(w, h) / min(w, h)))
+        resized = image.resize((target_short, long_side) if w <= h else (long_side, target_short), resample)
         rw, rh = resized.size
-        left, top = (rw - self.size) // 2, (rh - self.size) // 2
+        left, top = int(round((rw - self.size) / 2.0)), int(round((rh - self.size) / 2.0))
         return resized.crop((left, top, left + self.size, top + self.size))
 
     def array(self, image) -> np.ndarray:
