@@ -1,7 +1,7 @@
 """A tiny convolutional classifier written with onnx.helper (no exporter): for tests of what happens around
 the model (baselines, occlusion, pictures) that need a real graph but not a particular architecture.
 
-    image -> [Transpose to NCHW] -> Conv 3x3 (3 -> 4, pad 1) -> Relu -> GlobalAveragePool -> Flatten -> Gemm (4 -> 5)
+    image -> [Transpose to NCHW] -> Conv 3x3 (3 -> 4, pad 1, stride s) -> Relu -> GlobalAveragePool -> Flatten -> Gemm (4 -> 5)
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 CLASSES = 5
 
 
-def classifier(height: int = 24, width: int = 24, layout: str = "NCHW", seed: int = 0) -> bytes:
+def classifier(height: int = 24, width: int = 24, layout: str = "NCHW", seed: int = 0, stride: int = 2) -> bytes:
+    """The model as bytes; the feature map (the CAM layer, `features`) is ceil(height / stride) x ceil(width / stride)."""
     rng = np.random.default_rng(seed)
     shape = ["N", 3, height, width] if layout == "NCHW" else ["N", height, width, 3]
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
@@ -25,7 +26,7 @@ def classifier(height: int = 24, width: int = 24, layout: str = "NCHW", seed: in
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]))
         first = "nchw"
-    nodes += [helper.make_node("Conv", [first, "W", "B"], ["conv"], pads=[1, 1, 1, 1]),
+    nodes += [helper.make_node("Conv", [first, "W", "B"], ["conv"], pads=[1, 1, 1, 1], strides=[stride, stride]),
               helper.make_node("Relu", ["conv"], ["features"]),
               helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
               helper.make_node("Flatten", ["pooled"], ["flat"]),
