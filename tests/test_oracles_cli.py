@@ -1,0 +1,104 @@
+"""The CLI end to end: the .npy it writes equals the Python API's map for the same options, and the PNG's
+pixels are the documented picture of that map (README, "Pictures"), rebuilt here from the map, the photo,
+torch's bilinear interpolate and the colormaps' definitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from onnxsal.cli import main
+from test_oracles_viz import assert_pixels, entry, mpl_table
+
+ROOT = Path(__file__).resolve().parents[1]
+CAT = ROOT / "model_zoo/examples/chelsea.png"
+# MobileNetV2 sees 224 of the 256-pixel short side: 262 of the cat photo's 300 (224 * 300 / 256 = 262.5 -> 262),
+# centred in its 451 x 300: the box (94, 19, 356, 281); the PNG is that region at its own resolution
+REGION = (94, 19, 356, 281)
+
+
+def jet(t):
+    """MATLAB's jet as 0..255 floats, the documented colormap of CAM overlays."""
+    ramps = [np.minimum(4 * t - 1.5, 4.5 - 4 * t), np.minimum(4 * t - 0.5, 3.5 - 4 * t), np.minimum(4 * t + 0.5, 2.5 - 4 * t)]
+    return np.floor(np.clip(np.stack(ramps, axis=-1), 0, 1) * 255 + 0.5)
+
+
+def upsampled(m, side):
+    return torch.nn.functional.interpolate(torch.from_numpy(m.astype(np.float32))[None, None], size=(side, side),
+                                           mode="bilinear", align_corners=False)[0, 0].numpy().astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One CLI run writing PNG and .npy for a CAM method, an absolute pixel method and a signed one."""
+    out = tmp_path_factory.mktemp("cli-out")
+    result = CliRunner().invoke(main, ["explain", str(CAT), "--model", "mobilenet_v2", "--method",
+                                       "grad_cam,saliency,gradient_x_input", "--target", "281", "--alpha", "0.4",
+                                       "--format", "both", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def api():
+    from onnxsal import Explainer
+    from onnxsal.preprocess import load_image
+
+    ex = Explainer("mobilenet_v2")
+    return ex, ex.preprocessing.batch([load_image(CAT)])
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "saliency", "gradient_x_input"])
+def test_npy_is_the_python_apis_map(run, api, method):
+    ex, x = api
+    want = ex.explain(x, method, target=281).maps[0]
+    got = np.load(run / f"chelsea_{method}.npy")
+    assert got.dtype == np.float32 and got.shape == (224, 224)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def photo_region():
+    with Image.open(CAT) as im:
+        return np.asarray(im.convert("RGB").crop(REGION), np.float64)
+
+
+def test_cam_png_is_jet_of_the_map_over_the_photo(run):
+    # CAM maps: scaled by their maximum, jet, blended at constant opacity min(alpha, 0.5) = 0.4
+    m = np.load(run / "chelsea_grad_cam.npy").astype(np.float64)
+    values = upsampled(m / m.max(), 262)
+    want = 0.6 * photo_region() + 0.4 * jet(entry(values, False) / 255)  # the nearest of the table's 256 entries
+    with Image.open(run / "chelsea_grad_cam.png") as png:
+        assert png.size == (262, 262)
+        assert_pixels(png.convert("RGB"), want)
+
+
+def test_pixel_png_is_inferno_over_a_dimmed_photo(run):
+    # pixel maps: clipped at the 99th percentile of |map|, inferno with opacity sqrt(v) over the photo, which is
+    # half desaturated and dimmed by 1 - 0.75 alpha
+    m = np.load(run / "chelsea_saliency.npy").astype(np.float64)
+    values = np.clip(upsampled(np.clip(m / np.percentile(np.abs(m), 99), 0, 1), 262), 0, 1)
+    p = photo_region()
+    dimmed = (0.5 * p + 0.5 * p.mean(axis=2, keepdims=True)) * (1 - 0.75 * 0.4)
+    anchors = mpl_table("inferno", 10).astype(np.float64)  # inferno as documented: matplotlib's at ten points
+    t = np.linspace(0, 1, 256)
+    inferno = np.floor(np.stack([np.interp(t, np.linspace(0, 1, 10), anchors[:, c]) for c in range(3)], 1) + 0.5)
+    weight = np.sqrt(values)[..., None]
+    want = (1 - weight) * dimmed + weight * inferno[entry(values, False)]
+    with Image.open(run / "chelsea_saliency.png") as png:
+        assert_pixels(png.convert("RGB"), want, stray=1e-3)
+
+
+def test_signed_png_is_blue_white_red(run):
+    m = np.load(run / "chelsea_gradient_x_input.npy").astype(np.float64)
+    values = np.clip(upsampled(np.clip(m / np.percentile(np.abs(m), 99), -1, 1), 262), -1, 1)
+    p = photo_region()
+    dimmed = (0.5 * p + 0.5 * p.mean(axis=2, keepdims=True)) * (1 - 0.75 * 0.4)
+    weight = np.abs(values)[..., None]
+    want = (1 - weight) * dimmed + weight * mpl_table("RdBu_r")[entry(values, True)]
+    with Image.open(run / "chelsea_gradient_x_input.png") as png:
+        assert_pixels(png.convert("RGB"), want, stray=1e-3)
