@@ -21,11 +21,29 @@ def numba_only(request, monkeypatch):
     monkeypatch.setattr(jit, "FORCE_NUMPY", False)
     monkeypatch.setattr(jit, "NUMPY_BELOW", 0)
     monkeypatch.setattr(jit, "PARALLEL_FROM", 1 << 62 if request.param == "serial" else 0)
-    monkeypatch.setattr(normalize, "NUMBA_FROM", 0, raising=False)  # a kernel-specific threshold, when there is one
+    monkeypatch.setattr(normalize, "NUMBA_FROM", 0)  # the percentile kernel runs numpy at every size otherwise
 
 
 def f32(*shape):
     return R.standard_normal(shape).astype(np.float32)
+
+
+def test_dispatch_follows_the_benchmark(monkeypatch):
+    # benchmarks/kernels.py: numpy's percentile is never slower than the Numba body, so the twin runs at any size
+    # (this fixture lowered the threshold; restore it); the other kernels go to Numba from NUMPY_BELOW on
+    from onnxsal.kernels import jit
+
+    monkeypatch.setattr(normalize, "NUMBA_FROM", float("inf"))
+    monkeypatch.setattr(jit, "NUMPY_BELOW", 10)
+    calls = []
+    monkeypatch.setattr(normalize, "percentile_normalize_numpy", lambda *a: calls.append("numpy"))
+    monkeypatch.setattr(normalize, "_normalize", lambda *a: calls.append("numba"))
+    normalize.percentile_normalize(f32(64, 30, 30))
+    monkeypatch.setattr(cam, "channel_mean_numpy", lambda g: calls.append("numpy"))
+    monkeypatch.setattr(cam, "_channel_mean", lambda g: calls.append("numba"))
+    cam.channel_mean(f32(1, 1, 2, 2))
+    cam.channel_mean(f32(2, 8, 5, 5))
+    assert calls == ["numpy", "numpy", "numba"]
 
 
 def agree(got, twin, want, rtol=1e-5):
