@@ -102,3 +102,18 @@ def test_signed_png_is_blue_white_red(run):
     want = (1 - weight) * dimmed + weight * mpl_table("RdBu_r")[entry(values, True)]
     with Image.open(run / "chelsea_gradient_x_input.png") as png:
         assert_pixels(png.convert("RGB"), want, stray=1e-3)
+
+
+@pytest.mark.parametrize("alpha,opacity", [(0.9, 0.5), (0.2, 0.2)])
+def test_cam_overlay_opacity_is_alpha_capped_at_one_half(alpha, opacity):
+    # a CAM map covers the whole photo, so its blend is capped at 0.5 to keep the photo readable
+    from onnxsal.methods.base import Explanation
+    from onnxsal.workflow import picture
+
+    rng = np.random.default_rng(0)
+    m = rng.uniform(0, 3, (1, 8, 8)).astype(np.float32)
+    res = Explanation(maps=m, attributions=None, targets=np.zeros(1, np.int64), scores=np.zeros(1, np.float32),
+                      method="grad_cam", signed=False)
+    im = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    want = (1 - opacity) * np.asarray(im, np.float64) + opacity * jet(entry(m[0] / m[0].max(), False) / 255)
+    assert_pixels(picture(res, 0, im, "grad_cam", None, alpha), want, exact=0.9)

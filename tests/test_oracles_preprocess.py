@@ -48,6 +48,16 @@ def test_crop_then_resize_bicubic():
     np.testing.assert_allclose(prep.array(im), normalized(want, 1.0, (127,) * 3, (128,) * 3), atol=1e-5)
 
 
+@pytest.mark.parametrize("width,long_side,left", [(310, 99, 22), (316, 101, 22), (322, 103, 24)])
+def test_odd_margins_round_half_to_even_as_torchvision(width, long_side, left):
+    # short side 200 -> 64, long side int(64 * width / 200); the centre crop's left edge is Python's
+    # round((long - 56) / 2): 21.5 -> 22, 22.5 -> 22, 23.5 -> 24
+    im = photo(width, 200)
+    prep = Preprocessing(size=56, crop=0.875, interpolation="bilinear", mean=0.0, std=1.0, scale=1.0)
+    want = np.asarray(im.resize((long_side, 64), Image.Resampling.BILINEAR).crop((left, 4, left + 56, 60)))
+    np.testing.assert_allclose(prep.array(im), normalized(want, 1.0, (0,) * 3, (1,) * 3), atol=1e-4)
+
+
 def test_portrait_photo_and_no_crop():
     # 120 x 250 portrait, size 40, crop 1: short side 120 -> 40, long 250 -> 83 (250 * 40 / 120 = 83.3);
     # the centre crop starts at round(43 / 2) = 22 (Python's round, as torchvision's CenterCrop)

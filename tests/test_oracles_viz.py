@@ -92,11 +92,12 @@ def test_render_map():
     np.testing.assert_array_equal(got, viz.colormap("viridis").astype(int)[entry(v, False)])
 
 
-def assert_pixels(got, want, stray=0.0):
-    """At most one level off (float rounding), nearly every pixel exact; a `stray` fraction of values may be
-    further off (a value that falls on the border between two colormap entries after a resize)."""
+def assert_pixels(got, want, stray=0.0, exact=0.98):
+    """At most one level off (float rounding), nearly every pixel exact (fewer where an opacity of 0.5 puts many
+    values on x.5); a `stray` fraction of values may be further off (a value on the border between two colormap
+    entries after a resize)."""
     diff = np.abs(np.asarray(got).astype(int) - np.floor(np.asarray(want) + 0.5).astype(int))
-    assert (diff > 1).mean() <= stray and (diff == 0).mean() > 0.98, (diff.max(), (diff > 1).mean(), (diff == 0).mean())
+    assert (diff > 1).mean() <= stray and (diff == 0).mean() > exact, (diff.max(), (diff > 1).mean(), (diff == 0).mean())
 
 
 def photo(h=20, w=30):
