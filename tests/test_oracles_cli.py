@@ -4,8 +4,6 @@ torch's bilinear interpolate and the colormaps' definitions."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,10 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from onnxsal.cli import main
+from onnxsal.zoo import example_image
 from test_oracles_viz import assert_pixels, entry, mpl_table
 
-ROOT = Path(__file__).resolve().parents[1]
-CAT = ROOT / "model_zoo/examples/chelsea.png"
+CAT = example_image("chelsea")
 # MobileNetV2 sees 224 of the 256-pixel short side: 262 of the cat photo's 300 (224 * 300 / 256 = 262.5 -> 262),
 # centred in its 451 x 300: the box (94, 19, 356, 281); the PNG is that region at its own resolution
 REGION = (94, 19, 356, 281)

@@ -3,15 +3,13 @@ from onnxsal), against the zoo models' documented recipes, and against torchvisi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from onnxsal.preprocess import Preprocessing
+from onnxsal.zoo import example_image
 
-ROOT = Path(__file__).resolve().parents[1]
 R = np.random.default_rng(12)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -117,7 +115,7 @@ def test_mobilenet_v2_follows_torchvisions_imagenet_recipe_on_the_cat():
     # torchvision IMAGENET1K_V1: Resize(256) bilinear (the long side int(256 * long / short)), CenterCrop(224)
     # (offsets int(round((side - 224) / 2))), ToTensor, Normalize(ImageNet mean, std).  The cat is 451 x 300:
     # 256 * 451 / 300 = 384.85 -> 384 x 256, crop at (80, 16).
-    im = Image.open(ROOT / "model_zoo/examples/chelsea.png").convert("RGB")
+    im = Image.open(example_image("chelsea")).convert("RGB")
     assert im.size == (451, 300)
     want = np.asarray(im.resize((384, 256), Image.Resampling.BILINEAR).crop((80, 16, 304, 240)))
     np.testing.assert_allclose(_zoo_prep("mobilenet_v2").array(im), normalized(want, 1 / 255, MEAN, STD), atol=1e-5)
@@ -126,7 +124,7 @@ def test_mobilenet_v2_follows_torchvisions_imagenet_recipe_on_the_cat():
 def test_efficientnet_lite0_crops_224_of_256_then_resizes_bicubic():
     # EfficientNet's eval recipe: centre crop of 224 / (224 + 32) of the short side, bicubic to 224, (p - 127) / 128.
     # The coffee photo is 600 x 400: crop 350 x 350 at (125, 25).
-    im = Image.open(ROOT / "model_zoo/examples/coffee.png").convert("RGB")
+    im = Image.open(example_image("coffee")).convert("RGB")
     assert im.size == (600, 400)
     want = np.asarray(im.crop((125, 25, 475, 375)).resize((224, 224), Image.Resampling.BICUBIC))
     np.testing.assert_allclose(_zoo_prep("efficientnet_lite0").array(im), (want.transpose(2, 0, 1) - 127.0) / 128.0, atol=1e-6)
@@ -136,7 +134,7 @@ def test_efficientnet_lite0_crops_224_of_256_then_resizes_bicubic():
 
 def test_against_torchvision_transforms():
     transforms = pytest.importorskip("torchvision.transforms", reason="torchvision is not installed (optional oracle)")
-    im = Image.open(ROOT / "model_zoo/examples/chelsea.png").convert("RGB")
+    im = Image.open(example_image("chelsea")).convert("RGB")
     recipe = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                  transforms.Normalize(MEAN, STD)])
     np.testing.assert_allclose(_zoo_prep("mobilenet_v2").array(im), recipe(im).numpy(), atol=1e-5)
