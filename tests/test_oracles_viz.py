@@ -55,6 +55,11 @@ def test_jet_is_the_classic_piecewise_linear_jet():
     np.testing.assert_array_equal(lut[[0, 255]], [[0, 0, 128], [128, 0, 0]])  # dark blue to dark red
 
 
+def test_normalize_clips_at_the_99th_percentile_by_default():
+    maps = R.uniform(0, 1, (1, 10, 10)).astype(np.float32)
+    np.testing.assert_allclose(viz.normalize(maps, False)[0], np.clip(maps[0] / np.percentile(maps[0], 99), 0, 1), rtol=1e-6)
+
+
 # -- percentile clipping ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("engine", ["numpy", "numba"])
@@ -81,11 +86,20 @@ def entry(values, signed):
     return np.clip(np.floor(t * 255 + 0.5), 0, 255).astype(int)
 
 
+def test_unknown_colormap_names_the_choices():
+    from onnxsal.errors import InputError
+
+    with pytest.raises(InputError, match=r"unknown colormap 'plasma'; choose one of inferno, viridis, jet, gray, rdbu$"):
+        viz.colormap("plasma")
+
+
 def test_render_map():
     v = R.uniform(0, 1, (9, 11)).astype(np.float32)
+    v[0, :3] = [0.0, 1.0, 0.5 / 255 - 1e-4]  # the ends of the table, and a value just below entry 0's upper edge
     got = np.asarray(viz.render_map(v, signed=False)).astype(int)
     np.testing.assert_array_equal(got, np.repeat(entry(v, False)[..., None], 3, axis=2))
     s = R.uniform(-1, 1, (9, 11)).astype(np.float32)
+    s[0, :2] = [-1.0, 1.0]
     got = np.asarray(viz.render_map(s, signed=True)).astype(int)
     np.testing.assert_array_equal(got, mpl_table("RdBu_r")[entry(s, True)])
     got = np.asarray(viz.render_map(v, signed=False, cmap="viridis")).astype(int)
@@ -115,8 +129,10 @@ def test_smooth_overlay_blends_the_colormap_at_constant_opacity(alpha):
 @pytest.mark.parametrize("signed", [False, True])
 def test_pixel_overlay_dims_the_photo_and_shows_strength(signed):
     # photo: half colour, half its gray, darkened by 1 - 0.75 alpha; colormap opacity sqrt(|v|) (|v| when signed)
-    alpha = 0.6
-    im = photo()
+    alpha = 0.6  # the default
+    pixels = R.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    pixels[0, :4] = [(0, 0, 0), (255, 255, 255), (255, 0, 0), (1, 1, 1)]
+    im = Image.fromarray(pixels)
     v = R.uniform(-1 if signed else 0, 1, (20, 30)).astype(np.float32)
     v[:5] = 0.0  # where the map is zero the dimmed photo shows alone
     p = np.asarray(im, np.float64)
@@ -124,7 +140,7 @@ def test_pixel_overlay_dims_the_photo_and_shows_strength(signed):
     weight = (np.abs(v) if signed else np.sqrt(v))[..., None]
     colors = (mpl_table("RdBu_r") if signed else viz.colormap("inferno").astype(int))[entry(v, signed)]
     want = (1 - weight) * dimmed + weight * colors
-    got = viz.overlay(im, v, signed=signed, alpha=alpha, smooth=False)
+    got = viz.overlay(im, v, signed=signed)  # defaults: alpha 0.6, not smooth
     assert_pixels(got, want)
     np.testing.assert_array_equal(np.asarray(got)[:5], np.floor(dimmed[:5] + 0.5).astype(np.uint8))
 
@@ -140,12 +156,18 @@ def test_overlay_resizes_the_map_to_the_photo_with_half_pixel_bilinear():
 
 # -- grid ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("count,columns,title", [(7, 3, "a title"), (2, 5, None), (1, 1, None)])
-def test_grid_puts_tiles_in_rows_in_order(count, columns, title):
-    tile = 40
+@pytest.mark.parametrize("count,columns,tile,title", [(7, 3, 40, "a title"), (2, 5, 40, None), (1, 1, 40, None),
+                                                      (7, None, None, None)])
+def test_grid_puts_tiles_in_rows_in_order(count, columns, tile, title):
+    defaults = columns is None  # grid's defaults: 5 columns of 224-pixel tiles
+    columns, tile = (5, 224) if defaults else (columns, tile)
     colours = [(200, 30 * k % 256, 255 - 20 * k) for k in range(count)]
     tiles = [Image.new("RGB", (10 + k, 12), c) for k, c in enumerate(colours)]  # any size: each is scaled to the tile
-    sheet = np.asarray(viz.grid(tiles, [f"m{k}" for k in range(count)], columns=columns, tile=tile, title=title)).astype(int)
+    labels = [f"m{k}" for k in range(count)]
+    made = viz.grid(tiles, labels) if defaults else viz.grid(tiles, labels, columns=columns, tile=tile, title=title)
+    sheet = np.asarray(made).astype(int)
+    for corner in (sheet[0, 0], sheet[-1, -1], sheet[0, -1], sheet[-1, 0]):
+        assert tuple(corner) == (255, 255, 255)  # a white sheet, so the black labels read
     boxes = []
     for c in colours:
         ys, xs = np.nonzero((sheet == c).all(axis=2))
