@@ -31,15 +31,17 @@ def upsampled(m, side):
                                            mode="bilinear", align_corners=False)[0, 0].numpy().astype(np.float64)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One CLI run writing PNG and .npy for a CAM method, an absolute pixel method and a signed one."""
-    out = tmp_path_factory.mktemp("cli-out")
-    result = CliRunner().invoke(main, ["explain", str(CAT), "--model", "mobilenet_v2", "--method",
-                                       "grad_cam,saliency,gradient_x_input", "--target", "281", "--alpha", "0.4",
-                                       "--format", "both", "--out", str(out)])
+def explain(tmp_path, method):
+    """The CLI on the cat for one method, PNG and .npy (run inside each test, so a mutation tool sees the test
+    reach the whole file pipeline)."""
+    result = CliRunner().invoke(main, ["explain", str(CAT), "--model", "mobilenet_v2", "--method", method, "--target", "281",
+                                       "--alpha", "0.4", "--format", "both", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    return out
+    m = np.load(tmp_path / f"chelsea_{method}.npy")
+    assert m.dtype == np.float32 and m.shape == (224, 224)
+    with Image.open(tmp_path / f"chelsea_{method}.png") as png:
+        assert png.size == (262, 262)
+        return m.astype(np.float64), png.convert("RGB")
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +53,10 @@ def api():
     return ex, ex.preprocessing.batch([load_image(CAT)])
 
 
-@pytest.mark.parametrize("method", ["grad_cam", "saliency", "gradient_x_input"])
-def test_npy_is_the_python_apis_map(run, api, method):
+def same_as_api(m, api, method):
     ex, x = api
     want = ex.explain(x, method, target=281).maps[0]
-    got = np.load(run / f"chelsea_{method}.npy")
-    assert got.dtype == np.float32 and got.shape == (224, 224)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_allclose(m, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def photo_region():
@@ -65,20 +64,20 @@ def photo_region():
         return np.asarray(im.convert("RGB").crop(REGION), np.float64)
 
 
-def test_cam_png_is_jet_of_the_map_over_the_photo(run):
+def test_cam_npy_and_png(tmp_path, api):
     # CAM maps: scaled by their maximum, jet, blended at constant opacity min(alpha, 0.5) = 0.4
-    m = np.load(run / "chelsea_grad_cam.npy").astype(np.float64)
+    m, png = explain(tmp_path, "grad_cam")
+    same_as_api(m, api, "grad_cam")
     values = upsampled(m / m.max(), 262)
     want = 0.6 * photo_region() + 0.4 * jet(entry(values, False) / 255)  # the nearest of the table's 256 entries
-    with Image.open(run / "chelsea_grad_cam.png") as png:
-        assert png.size == (262, 262)
-        assert_pixels(png.convert("RGB"), want)
+    assert_pixels(png, want)
 
 
-def test_pixel_png_is_inferno_over_a_dimmed_photo(run):
+def test_pixel_npy_and_png(tmp_path, api):
     # pixel maps: clipped at the 99th percentile of |map|, inferno with opacity sqrt(v) over the photo, which is
     # half desaturated and dimmed by 1 - 0.75 alpha
-    m = np.load(run / "chelsea_saliency.npy").astype(np.float64)
+    m, png = explain(tmp_path, "saliency")
+    same_as_api(m, api, "saliency")
     values = np.clip(upsampled(np.clip(m / np.percentile(np.abs(m), 99), 0, 1), 262), 0, 1)
     p = photo_region()
     dimmed = (0.5 * p + 0.5 * p.mean(axis=2, keepdims=True)) * (1 - 0.75 * 0.4)
@@ -87,19 +86,18 @@ def test_pixel_png_is_inferno_over_a_dimmed_photo(run):
     inferno = np.floor(np.stack([np.interp(t, np.linspace(0, 1, 10), anchors[:, c]) for c in range(3)], 1) + 0.5)
     weight = np.sqrt(values)[..., None]
     want = (1 - weight) * dimmed + weight * inferno[entry(values, False)]
-    with Image.open(run / "chelsea_saliency.png") as png:
-        assert_pixels(png.convert("RGB"), want, stray=1e-3)
+    assert_pixels(png, want, stray=1e-3)
 
 
-def test_signed_png_is_blue_white_red(run):
-    m = np.load(run / "chelsea_gradient_x_input.npy").astype(np.float64)
+def test_signed_npy_and_png(tmp_path, api):
+    m, png = explain(tmp_path, "gradient_x_input")
+    same_as_api(m, api, "gradient_x_input")
     values = np.clip(upsampled(np.clip(m / np.percentile(np.abs(m), 99), -1, 1), 262), -1, 1)
     p = photo_region()
     dimmed = (0.5 * p + 0.5 * p.mean(axis=2, keepdims=True)) * (1 - 0.75 * 0.4)
     weight = np.abs(values)[..., None]
     want = (1 - weight) * dimmed + weight * mpl_table("RdBu_r")[entry(values, True)]
-    with Image.open(run / "chelsea_gradient_x_input.png") as png:
-        assert_pixels(png.convert("RGB"), want, stray=1e-3)
+    assert_pixels(png, want, stray=1e-3)
 
 
 @pytest.mark.parametrize("alpha,opacity", [(0.9, 0.5), (0.2, 0.2)])

@@ -37,13 +37,84 @@ def test_resize_then_crop_bilinear():
     np.testing.assert_allclose(prep.array(im), normalized(want, 1 / 255, MEAN, STD), atol=1e-5)
 
 
-def test_crop_then_resize_bicubic():
-    # crop 0.875 of the short side 200 = 175 pixels, centred: (62, 12, 237, 187); then bicubic to 56 x 56
+@pytest.mark.parametrize("name,resample", [("bicubic", Image.Resampling.BICUBIC), ("bilinear", Image.Resampling.BILINEAR),
+                                           ("nearest", Image.Resampling.NEAREST), ("lanczos", Image.Resampling.LANCZOS)])
+def test_crop_then_resize(name, resample):
+    # crop 0.875 of the short side 200 = 175 pixels, centred: (62, 12, 237, 187); then resampled to 56 x 56
     im = photo()
-    prep = Preprocessing(size=56, crop=0.875, order="crop_resize", interpolation="bicubic", scale=1.0,
-                         mean=127.0, std=128.0)
-    want = np.asarray(im.crop((62, 12, 237, 187)).resize((56, 56), Image.Resampling.BICUBIC))
+    prep = Preprocessing(size=56, crop=0.875, order="crop_resize", interpolation=name, scale=1.0, mean=127.0, std=128.0)
+    want = np.asarray(im.crop((62, 12, 237, 187)).resize((56, 56), resample))
     np.testing.assert_allclose(prep.array(im), normalized(want, 1.0, (127,) * 3, (128,) * 3), atol=1e-5)
+    assert prep.crop_box(300, 200) == (62, 12, 237, 187)
+
+
+@pytest.mark.parametrize("kwargs,size,box", [
+    ({}, (451, 300), (94, 19, 356, 281)),  # 224 of 256: 262.5 -> 262 of the short side 300, centred
+    ({}, (300, 451), (19, 94, 281, 356)),
+    ({"crop": 1.0, "size": 100}, (300, 200), (50, 0, 250, 200)),
+    ({"order": "crop_resize", "crop": 0.5}, (600, 400), (200, 100, 400, 300)),
+])
+def test_crop_box_is_the_region_the_model_sees(kwargs, size, box):
+    assert Preprocessing(**kwargs).crop_box(*size) == box
+
+
+def test_one_value_means_all_three_channels():
+    prep = Preprocessing(mean=[0.5], std=(0.25,), scale=1.0)
+    assert prep.mean == (0.5, 0.5, 0.5) and prep.std == (0.25, 0.25, 0.25)
+    np.testing.assert_allclose(prep.pixel_value(1.0), [2.0, 2.0, 2.0])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mean": (0.1, 0.2)}, "mean needs 1 or 3 values, got 2"),
+    ({"std": (1.0, 0.0, 1.0)}, "std must not contain 0"),
+    ({"std": [1, 2, 3, 4]}, "std needs 1 or 3 values, got 4"),
+    ({"crop": 0.0}, "crop is the fraction of the short side kept, in (0, 1]; got 0.0"),
+    ({"crop": 1.01}, "crop is the fraction of the short side kept"),
+    ({"order": "squash"}, "order is resize_crop or crop_resize, not 'squash'"),
+    ({"interpolation": "area"}, "interpolation is one of nearest, bilinear, bicubic, lanczos, not 'area'"),
+    ({"layout": "CHW"}, "layout is NCHW or NHWC, not 'CHW'"),
+    ({"size": 0}, "size must be a positive number of pixels, not 0"),
+])
+def test_invalid_settings_are_refused_with_the_reason(kwargs, message):
+    from onnxsal.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        Preprocessing(**kwargs)
+    assert message in str(err.value)
+
+
+def test_the_smallest_valid_settings():
+    prep = Preprocessing(size=1, crop=1.0)
+    assert prep.array(photo(30, 20)).shape == (3, 1, 1)
+
+
+def test_settings_round_trip_through_dict_json_and_toml(tmp_path):
+    from onnxsal.errors import InputError
+
+    prep = Preprocessing(size=40, crop=0.9, order="crop_resize", interpolation="nearest", scale=2.0, mean=(1, 2, 3),
+                         std=4.0, layout="NHWC", bgr=True)
+    d = prep.to_dict()
+    assert d == {"size": 40, "crop": 0.9, "order": "crop_resize", "interpolation": "nearest", "scale": 2.0,
+                 "mean": [1.0, 2.0, 3.0], "std": [4.0, 4.0, 4.0], "layout": "NHWC", "bgr": True}
+    assert Preprocessing.from_dict(d) == prep
+    import json
+
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    assert Preprocessing.from_file(tmp_path / "p.json") == prep
+    (tmp_path / "p.toml").write_text('[preprocessing]\nsize = 40\ncrop = 0.9\norder = "crop_resize"\n'
+                                     'interpolation = "nearest"\nscale = 2.0\nmean = [1, 2, 3]\nstd = 4.0\n'
+                                     'layout = "NHWC"\nbgr = true\n')
+    assert Preprocessing.from_file(tmp_path / "p.toml") == prep
+    with pytest.raises(InputError, match="unknown preprocessing keys: colour, gamma"):
+        Preprocessing.from_dict({"size": 3, "gamma": 2.2, "colour": 1})
+    with pytest.raises(InputError, match="preprocessing file not found"):
+        Preprocessing.from_file(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{size: ")
+    with pytest.raises(InputError, match="cannot parse preprocessing file"):
+        Preprocessing.from_file(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="must hold a table of settings"):
+        Preprocessing.from_file(tmp_path / "list.json")
 
 
 @pytest.mark.parametrize("width,long_side,left", [(310, 99, 22), (316, 101, 22), (322, 103, 24)])
