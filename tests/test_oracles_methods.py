@@ -68,14 +68,14 @@ def test_methods_reduce_their_attributions_by_the_formula(tiny, how):
 # -- SmoothGrad, SmoothGrad^2, VarGrad -------------------------------------------------------------------------
 
 def record_base(monkeypatch, base="saliency"):
-    """Every batch the wrapped method receives and returns, in order."""
+    """Every batch the wrapped method receives (inputs, seeds) and returns (attributions or maps), in order."""
     seen = []
     cls = METHODS[base]
     original = cls.attribute
 
     def recording(self, x, seeds, progress=None):
         out = original(self, x, seeds, progress)
-        seen.append((x.copy(), out.attributions.copy()))
+        seen.append((x.copy(), (out.attributions if out.attributions is not None else out.maps).copy(), seeds))
         return out
 
     monkeypatch.setattr(cls, "attribute", recording)
@@ -125,6 +125,71 @@ def test_statistics_of_the_noisy_attributions(tiny, method, monkeypatch):
     # the map reduces with the base method's reduction (l2 here)
     axis = 1 if layout == "NCHW" else 3
     np.testing.assert_allclose(res.maps, np.sqrt((want ** 2).sum(axis=axis)), rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_given_noise_is_added_as_it_is_with_the_targets_seeds(tiny, monkeypatch):
+    layout, ex = tiny
+    x = batch(layout)
+    noise = R.standard_normal((2 * 3,) + x.shape[1:]).astype(np.float32)  # image j's sample i at j * 3 + i
+    seen = record_base(monkeypatch)
+    res = ex.explain(x, "smoothgrad", target=[4, 1], samples=3, noise=noise, batch_size=4)
+    inputs = np.concatenate([s[0] for s in seen])
+    np.testing.assert_array_equal(inputs, np.repeat(x, 3, axis=0) + noise)
+    seeds = np.concatenate([s[2] for s in seen])
+    np.testing.assert_array_equal(seeds, np.eye(tiny_onnx.CLASSES, dtype=np.float32)[[4, 4, 4, 1, 1, 1]])
+    np.testing.assert_allclose(res.attributions, np.concatenate([s[1] for s in seen]).reshape((2, 3) + x.shape[1:]).mean(1),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_seed_makes_the_draws_reproducible(tiny):
+    layout, ex = tiny
+    x = batch(layout)
+    a, b, c = (ex.explain(x, "smoothgrad", target=[0, 1], samples=3, seed=s).attributions for s in (7, 7, 8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_wrapping_a_cam_method_averages_its_maps(tiny, monkeypatch):
+    layout, ex = tiny
+    x = batch(layout)
+    seen = record_base(monkeypatch, "grad_cam")
+    res = ex.explain(x, "vargrad", base="grad_cam", target=[2, 3], samples=4, batch_size=3)
+    maps = np.concatenate([s[1] for s in seen]).reshape(2, 4, 24, 24).astype(np.float64)
+    assert res.attributions is None
+    np.testing.assert_allclose(res.maps, maps.var(axis=1), rtol=1e-4, atol=1e-6 * maps.var(axis=1).max())
+
+
+def test_progress_counts_every_base_evaluation(tiny):
+    from onnxsal.methods.smoothgrad import SmoothGrad
+
+    layout, ex = tiny
+    x = batch(layout)
+    ticks = []
+    ex.explain(x, "smoothgrad", target=[0, 1], samples=5, batch_size=3, progress=ticks.append)
+    assert sum(ticks) == 2 * 5 and all(t > 0 for t in ticks)
+    assert SmoothGrad(ex, samples=5).runs_per_sample() == 5
+    assert SmoothGrad(ex, samples=5, base="grad_cam").uses_layer and not SmoothGrad(ex).uses_layer
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"samples": 0}, "samples must be at least 1"),
+    ({"base": "lime"}, "unknown base method 'lime' for smoothgrad; choose one of grad_cam, grad_cam_plus_plus, "),
+    ({"base": "vargrad"}, "smoothgrad cannot wrap another noise wrapper (vargrad)"),
+])
+def test_smoothgrad_refuses_bad_options(tiny, options, message):
+    from onnxsal.errors import MethodError
+
+    _, ex = tiny
+    with pytest.raises(MethodError) as err:
+        ex.explain(batch(tiny[0]), "smoothgrad", **options)
+    assert message in str(err.value)
+
+
+def test_one_sample_without_noise_is_the_base_method(tiny):
+    layout, ex = tiny
+    x = batch(layout)
+    one = ex.explain(x, "smoothgrad", target=[4, 1], samples=1, stdev=0.0)
+    np.testing.assert_allclose(one.attributions, ex.explain(x, "saliency", target=[4, 1]).attributions, rtol=1e-6)
 
 
 # -- Guided Grad-CAM ----------------------------------------------------------------------------------------------
