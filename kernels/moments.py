@@ -3,7 +3,8 @@
 accumulate:          acc[owner[b], d] += weight[b] * v[b, d]                      (IG: sum_k w_k grad(x_k))
 accumulate_moments:  s1[owner[b], d] += v[b, d];  s2[owner[b], d] += v[b, d]^2    (SmoothGrad mean / square / variance)
 Accumulators are float64 (N, D); chunks are float32 (B, D). Several rows b may share an owner, so the
-parallel loop runs over d (disjoint columns), never over b.
+parallel loop runs over blocks of d (disjoint columns), never over b; inside a block each row is read
+contiguously (a loop over d outermost strides across rows and was 10-16x slower than numpy at batch 16).
 """
 
 import numpy as np
@@ -11,11 +12,18 @@ from . import jit
 from .jit import kernel, prange
 
 
+BLOCK = 2048  # columns per parallel iteration: rows are walked contiguously inside a block
+
+
 @kernel
 def _accumulate(acc, v, owner, weight):
-    for d in prange(v.shape[1]):
+    columns = v.shape[1]
+    for k in prange((columns + BLOCK - 1) // BLOCK):  # disjoint column blocks
+        lo, hi = k * BLOCK, min(columns, (k + 1) * BLOCK)
         for b in range(v.shape[0]):
-            acc[owner[b], d] += np.float64(weight[b]) * np.float64(v[b, d])
+            o, w = owner[b], np.float64(weight[b])
+            for d in range(lo, hi):
+                acc[o, d] += w * np.float64(v[b, d])
 
 
 def accumulate(acc, v, owner, weight):
@@ -39,11 +47,15 @@ def accumulate_numpy(acc, v, owner, weight):
 
 @kernel
 def _accumulate_moments(s1, s2, v, owner):
-    for d in prange(v.shape[1]):
+    columns = v.shape[1]
+    for k in prange((columns + BLOCK - 1) // BLOCK):
+        lo, hi = k * BLOCK, min(columns, (k + 1) * BLOCK)
         for b in range(v.shape[0]):
-            x = np.float64(v[b, d])
-            s1[owner[b], d] += x
-            s2[owner[b], d] += x * x
+            o = owner[b]
+            for d in range(lo, hi):
+                x = np.float64(v[b, d])
+                s1[o, d] += x
+                s2[o, d] += x * x
 
 
 def accumulate_moments(s1, s2, v, owner):

@@ -1,8 +1,10 @@
 """From image files to model inputs, and back to the region of the photo the model saw.
 
 Geometry (output H x W; `size` is one side for a square, or (H, W)):
-  resize_crop: resize by s = max(round(H / crop) / h, round(W / crop) / w) (for a square: the short side
-               to round(size / crop)), then centre-crop H x W
+  resize_crop: for a square, resize the short side to round(size / crop) (the long side in proportion,
+               truncated), then centre-crop size x size at offsets round((side - size) / 2), as
+               torchvision's Resize + CenterCrop; for H x W, resize by s = max(round(H / crop) / h,
+               round(W / crop) / w), then centre-crop H x W the same way
   crop_resize: centre-crop the largest region of aspect W:H scaled by crop (for a square: a square of
                side round(min(h, w) * crop)), then resize it to H x W
 Values: x = (pixel * scale - mean) / std per channel (pixel in 0..255, RGB unless bgr), then the
@@ -169,10 +171,16 @@ class Preprocessing:
         w, h = image.size
         if self.order == "crop_resize":
             return image.crop(self.crop_box(w, h)).resize((self.width, self.height), resample)
-        scale = self._resize_scale(w, h)
-        resized = image.resize((max(1, int(round(w * scale))), max(1, int(round(h * scale)))), resample)
+        if isinstance(self.size, int):
+            target_short = int(round(self.size / self.crop))
+            # torchvision's Resize(int) and CenterCrop: the long side is truncated, the crop offsets rounded
+            long_side = max(1, int(target_short * max(w, h) / min(w, h)))
+            resized = image.resize((target_short, long_side) if w <= h else (long_side, target_short), resample)
+        else:
+            scale = self._resize_scale(w, h)
+            resized = image.resize((max(1, int(round(w * scale))), max(1, int(round(h * scale)))), resample)
         rw, rh = resized.size
-        left, top = (rw - self.width) // 2, (rh - self.height) // 2
+        left, top = int(round((rw - self.width) / 2.0)), int(round((rh - self.height) / 2.0))
         return resized.crop((left, top, left + self.width, top + self.height))
 
     def array(self, image) -> np.ndarray:

@@ -21,6 +21,7 @@ def compilation(request, monkeypatch):
     monkeypatch.setattr(jit, "FORCE_NUMPY", False)
     monkeypatch.setattr(jit, "NUMPY_BELOW", 0)
     monkeypatch.setattr(jit, "PARALLEL_FROM", 1 << 62 if request.param == "serial" else 0)
+    monkeypatch.setattr(normalize, "NUMBA_FROM", 0)  # the percentile kernel's own threshold (numpy at every size)
     return request.param
 
 
