@@ -12,7 +12,7 @@ from ..registry import rule
 
 @rule("Identity", "Dropout")
 def identity(ctx):
-    return [ctx.dy()]
+    return ctx.data_grad(ctx.dy())
 
 
 @rule("Add")
@@ -68,45 +68,45 @@ def pow_(ctx):
 
 @rule("Neg")
 def neg(ctx):
-    return [ctx.op("Neg", ctx.dy())]
+    return ctx.data_grad(ctx.op("Neg", ctx.dy()))
 
 
 @rule("Abs")
 def abs_(ctx):
-    return [ctx.mul(ctx.dy(), ctx.op("Sign", ctx.x()))]
+    return ctx.data_grad(ctx.mul(ctx.dy(), ctx.op("Sign", ctx.x())))
 
 
 @rule("Sqrt")
 def sqrt(ctx):
     # dy / (2 y)
-    return [ctx.op("Div", ctx.scale(ctx.dy(), 0.5), ctx.y())]
+    return ctx.data_grad(ctx.op("Div", ctx.scale(ctx.dy(), 0.5), ctx.y()))
 
 
 @rule("Reciprocal")
 def reciprocal(ctx):
     # -dy * y^2
     y = ctx.y()
-    return [ctx.op("Neg", ctx.mul(ctx.dy(), ctx.mul(y, y)))]
+    return ctx.data_grad(ctx.op("Neg", ctx.mul(ctx.dy(), ctx.mul(y, y))))
 
 
 @rule("Exp")
 def exp(ctx):
-    return [ctx.mul(ctx.dy(), ctx.y())]
+    return ctx.data_grad(ctx.mul(ctx.dy(), ctx.y()))
 
 
 @rule("Log")
 def log(ctx):
-    return [ctx.op("Div", ctx.dy(), ctx.x())]
+    return ctx.data_grad(ctx.op("Div", ctx.dy(), ctx.x()))
 
 
 @rule("Sin")
 def sin(ctx):
-    return [ctx.mul(ctx.dy(), ctx.op("Cos", ctx.x()))]
+    return ctx.data_grad(ctx.mul(ctx.dy(), ctx.op("Cos", ctx.x())))
 
 
 @rule("Cos")
 def cos(ctx):
-    return [ctx.op("Neg", ctx.mul(ctx.dy(), ctx.op("Sin", ctx.x())))]
+    return ctx.data_grad(ctx.op("Neg", ctx.mul(ctx.dy(), ctx.op("Sin", ctx.x()))))
 
 
 @rule("Erf")
@@ -114,7 +114,7 @@ def erf(ctx):
     # d erf(x) = 2 / sqrt(pi) * exp(-x^2)
     x = ctx.x()
     g = ctx.op("Exp", ctx.op("Neg", ctx.mul(x, x)))
-    return [ctx.mul(ctx.dy(), ctx.scale(g, 2.0 / math.sqrt(math.pi)))]
+    return ctx.data_grad(ctx.mul(ctx.dy(), ctx.scale(g, 2.0 / math.sqrt(math.pi))))
 
 
 @rule("Sum")
@@ -151,15 +151,15 @@ def where(ctx):
 @rule("Cast", "CastLike")
 def cast(ctx):
     source = ctx.e.dtypes.get(ctx.x())
-    return [ctx.op("Cast", ctx.dy(), to=source)]
+    return ctx.data_grad(ctx.op("Cast", ctx.dy(), to=source))
 
 
 @rule("Expand")
 def expand(ctx):
-    return [ctx.unbroadcast(ctx.dy(), ctx.x(0))]
+    return ctx.data_grad(ctx.unbroadcast(ctx.dy(), ctx.x(0)))
 
 
 @rule("Floor", "Ceil", "Round", "Sign")
 def piecewise_constant(ctx):
     # derivative zero almost everywhere
-    return [None]
+    return ctx.data_grad(None)

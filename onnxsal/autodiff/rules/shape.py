@@ -18,7 +18,7 @@ from ..registry import rule
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(ctx):
-    return [ctx.reshape_like(ctx.dy(), ctx.x(0))]
+    return ctx.data_grad(ctx.reshape_like(ctx.dy(), ctx.x(0)))
 
 
 @rule("Transpose")
@@ -26,7 +26,7 @@ def transpose(ctx):
     perm = ctx.attr("perm", None)
     if perm is None:
         perm = list(reversed(range(ctx.rank(ctx.x()))))
-    return [ctx.op("Transpose", ctx.dy(), perm=[int(i) for i in np.argsort(perm)])]
+    return ctx.data_grad(ctx.op("Transpose", ctx.dy(), perm=[int(i) for i in np.argsort(perm)]))
 
 
 def _dim(ctx, name: str, axis: int) -> int:
@@ -76,12 +76,12 @@ def slice_(ctx):
         size = _dim(ctx, x, axis)
         index = np.arange(size)[slice(int(start), int(end), step)]
         if len(index) == 0:
-            return [ctx.zeros_like(x)]
+            return ctx.data_grad(ctx.zeros_like(x))
         if step == 1:
             dx = _pad_axis(ctx, dx, rank, axis, int(index[0]), size - 1 - int(index[-1]))
         else:
             dx = scatter_along_axis(ctx, dx, axis, index, size, x)
-    return [dx]
+    return ctx.data_grad(dx)
 
 
 @rule("Gather")
@@ -120,7 +120,7 @@ def concat(ctx):
 def split(ctx):
     axis = ctx.attr("axis", 0) % ctx.rank(ctx.x())
     pieces = [ctx.dy(i) if ctx.dy(i) is not None else ctx.zeros_like(out) for i, out in enumerate(ctx.node.output)]
-    return [ctx.op("Concat", *pieces, axis=axis) if len(pieces) > 1 else pieces[0]]
+    return ctx.data_grad(ctx.op("Concat", *pieces, axis=axis) if len(pieces) > 1 else pieces[0])
 
 
 @rule("Pad")
@@ -149,7 +149,7 @@ def pad(ctx):
                 raise UnsupportedOpError(f"{node_label(ctx.node)}: negative pads with mode {mode} are not supported")
             index = np.pad(np.arange(size), (b, e), mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
             dx = scatter_along_axis(ctx, dx, axis, index, size, x)
-    return [dx, None, None, None][: len(ctx.node.input)]
+    return ctx.data_grad(dx)
 
 
 @rule("Tile")
@@ -168,18 +168,18 @@ def tile(ctx):
         else:
             view.append(-1 if s is None else s)
     if not summed:
-        return [ctx.dy(), None]
+        return ctx.data_grad(ctx.dy())
     grouped = ctx.op("Reshape", ctx.dy(), ctx.ints(view))
-    return [ctx.reduce_sum(grouped, summed, keepdims=0), None]
+    return ctx.data_grad(ctx.reduce_sum(grouped, summed, keepdims=0))
 
 
 @rule("DepthToSpace")
 def depth_to_space(ctx):
     if ctx.attr("mode", "DCR") != "DCR":
         raise UnsupportedOpError(f"{node_label(ctx.node)}: DepthToSpace mode CRD is not supported")
-    return [ctx.op("SpaceToDepth", ctx.dy(), blocksize=ctx.attr("blocksize"))]
+    return ctx.data_grad(ctx.op("SpaceToDepth", ctx.dy(), blocksize=ctx.attr("blocksize")))
 
 
 @rule("SpaceToDepth")
 def space_to_depth(ctx):
-    return [ctx.op("DepthToSpace", ctx.dy(), blocksize=ctx.attr("blocksize"), mode="DCR")]
+    return ctx.data_grad(ctx.op("DepthToSpace", ctx.dy(), blocksize=ctx.attr("blocksize"), mode="DCR"))
