@@ -1,9 +1,11 @@
 """Backward rules of data-movement ops: the transpose of a fixed linear map.
 
 Reshape-like ops reshape the gradient back; Transpose applies the inverse permutation; Concat splits
-and Split concatenates; Slice, Gather and Pad send each output element back to the input element it
-came from (scatter-add along an axis through a static index map, or Pad/Slice when the map is a
-contiguous range).
+and Split concatenates (sizes read at run time where shape inference has none); Slice and Pad send each
+output element back to the input element it came from (scatter-add along an axis through a static index
+map, or Pad/Slice when the map is a contiguous range). Gather, GatherElements and GatherND scatter-add
+(ScatterElements / ScatterND with reduction="add", opset >= 16) into zeros shaped like the data: exact
+for any indices, repeated or negative ones included, constant or computed at run time.
 """
 
 from __future__ import annotations
@@ -84,34 +86,63 @@ def slice_(ctx):
     return ctx.data_grad(dx)
 
 
+def axis_size(ctx, name: str, axis: int) -> str:
+    """Size of `name` along `axis` as a 1-element int64 tensor: a constant when static, else Shape at run time."""
+    shape = ctx.shape(name)
+    if shape is not None and axis < len(shape) and shape[axis] is not None:
+        return ctx.ints([int(shape[axis])])
+    return ctx.op("Shape", name, start=axis, end=axis + 1)
+
+
 @rule("Gather")
 def gather(ctx):
-    data = ctx.x(0)
-    if ctx.needs(1):
-        return [None, None]
-    index = ctx.require_const(ctx.x(1), "indices")
+    # y[p, j.., q] = x[p, i[j..], q] (p: axes before `axis`, q: after); indices may be computed at run time.
+    # dx = zeros like x; dx[p, i_k, q] += dy[p, k, q] for every k of the flattened indices (repeats add up)
+    data, idx, dy = ctx.x(0), ctx.x(1), ctx.dy()
     rank = ctx.rank(data)
     axis = ctx.attr("axis", 0) % rank
-    size = _dim(ctx, data, axis)
-    flat = np.asarray(index, dtype=np.int64).reshape(-1) % size
-    # dy: data[:axis] + indices.shape + data[axis+1:]  ->  data[:axis] + (len(flat),) + data[axis+1:]
-    parts = []
-    if axis > 0:
-        parts.append(ctx.op("Shape", data, end=axis))
-    parts.append(ctx.ints([len(flat)]))
-    if axis < rank - 1:
-        parts.append(ctx.op("Shape", data, start=axis + 1))
-    target = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=0)
-    dy = ctx.op("Reshape", ctx.dy(), target)
-    return [scatter_along_axis(ctx, dy, axis, flat, size, data), None]
+    q = ctx.rank(ctx.y()) - rank + 1  # rank of the indices
+    size = axis_size(ctx, data, axis)
+    flat = ctx.op("Mod", ctx.op("Reshape", idx, ctx.ints([-1])), size)  # negative indices count from the end
+    if q != 1:  # dy: x[:axis] + i.shape + x[axis+1:] -> x[:axis] + (K,) + x[axis+1:]
+        parts = ([ctx.op("Shape", dy, end=axis)] if axis else []) + [ctx.ints([-1])]
+        if axis < rank - 1:
+            parts.append(ctx.op("Shape", dy, start=axis + q))
+        dy = ctx.op("Reshape", dy, parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=0))
+    along = [1] * rank
+    along[axis] = -1
+    index = ctx.op("Expand", ctx.op("Reshape", flat, ctx.ints(along)), ctx.op("Shape", dy))
+    return ctx.data_grad(ctx.op("ScatterElements", ctx.zeros_like(data), index, dy, axis=axis, reduction="add"))
+
+
+@rule("GatherElements")
+def gather_elements(ctx):
+    # y[.., j, ..] = x[.., i[.., j, ..], ..] along axis: dx = ScatterElements(zeros like x, i, dy, add)
+    return ctx.data_grad(ctx.op("ScatterElements", ctx.zeros_like(ctx.x(0)), ctx.x(1), ctx.dy(),
+                                axis=ctx.attr("axis", 0), reduction="add"))
+
+
+@rule("GatherND")
+def gather_nd(ctx):
+    # y[j..] = x[i[j.., :]] (batch_dims 0): dx = ScatterND(zeros like x, i, dy, add), exact for repeated rows of i
+    if ctx.attr("batch_dims", 0):
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: GatherND with batch_dims > 0 has no backward rule yet")
+    data, idx = ctx.x(0), ctx.x(1)
+    k = (ctx.shape(idx) or (None,))[-1]
+    if k is None:
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: the last axis of its indices has no static size")
+    index = ctx.op("Mod", idx, ctx.op("Shape", data, end=int(k)))  # negative indices count from the end
+    return ctx.data_grad(ctx.op("ScatterND", ctx.zeros_like(data), index, ctx.dy(), reduction="add"))
 
 
 @rule("Concat")
 def concat(ctx):
     y = ctx.y()
     axis = ctx.attr("axis") % ctx.rank(y)
-    sizes = [_dim(ctx, x, axis) for x in ctx.node.input]
-    parts = ctx.op("Split", ctx.dy(), ctx.ints(sizes), outputs=len(sizes), axis=axis)
+    # dy splits back into the inputs' sizes along axis (read at run time where shape inference has none)
+    sizes = [axis_size(ctx, x, axis) for x in ctx.node.input]
+    sizes = sizes[0] if len(sizes) == 1 else ctx.op("Concat", *sizes, axis=0)
+    parts = ctx.op("Split", ctx.dy(), sizes, outputs=len(ctx.node.input), axis=axis)
     parts = [parts] if isinstance(parts, str) else parts
     return [p if ctx.needs(i) else None for i, p in enumerate(parts)]
 
