@@ -171,6 +171,20 @@ class RuleContext:
             )
         return shape
 
+    def dims(self, name: str, axes) -> list[int]:
+        """Static sizes of `name` on `axes` only (a rule asks for no more than it needs); raises naming the axis
+        when shape inference left one unknown (e.g. the batch axis, wherever it sits)."""
+        shape = self.shape(name)
+        rank = self.rank(name)
+        axes = [int(a) % rank for a in axes]
+        unknown = [a for a in axes if shape[a] is None]
+        if unknown:
+            raise UnsupportedOpError(
+                f"{node_label(self.node)}: needs the size of axis {unknown[0]} of {name!r}, which is not static "
+                "(the batch axis, or a size shape inference could not derive)"
+            )
+        return [int(shape[a]) for a in axes]
+
     def const(self, name: str) -> np.ndarray | None:
         return self.e.consts.get(name) if name else None
 

@@ -196,7 +196,7 @@ def average_pool(ctx):
 @rule("GlobalAveragePool")
 def global_average_pool(ctx):
     x = ctx.x()
-    area = int(np.prod(ctx.static_shape(x, skip_batch=True)[2:]))
+    area = int(np.prod(ctx.dims(x, range(2, ctx.rank(x)))))
     return ctx.data_grad(ctx.op("Expand", ctx.scale(ctx.dy(), 1.0 / area), ctx.shape_of(x)))
 
 
@@ -233,7 +233,7 @@ def layer_normalization(ctx):
     rank = ctx.rank(x)
     axis = ctx.attr("axis", -1) % rank
     axes = list(range(axis, rank))
-    n = int(np.prod(ctx.static_shape(x, skip_batch=True)[axis:]))
+    n = int(np.prod(ctx.dims(x, axes)))
     mean = lambda t: ctx.scale(ctx.reduce_sum(t, axes, keepdims=1), 1.0 / n)  # noqa: E731
     centered = ctx.op("Sub", x, mean(x))
     var = mean(ctx.mul(centered, centered))

@@ -54,10 +54,7 @@ def reduce_mean(ctx):
     axes = _axes(ctx)
     if axes is None:
         return ctx.data_grad(ctx.dy())
-    shape = ctx.shape(ctx.x(0))
-    if any(shape[a] is None for a in axes):
-        raise UnsupportedOpError(f"{node_label(ctx.node)}: averages over the batch axis, which has no static size")
-    count = int(np.prod([shape[a] for a in axes]))
+    count = int(np.prod(ctx.dims(ctx.x(0), axes)))
     return ctx.data_grad(_broadcast_back(ctx, _kept(ctx, ctx.scale(ctx.dy(), 1.0 / count), axes)))
 
 

@@ -32,10 +32,7 @@ def transpose(ctx):
 
 
 def _dim(ctx, name: str, axis: int) -> int:
-    shape = ctx.static_shape(name, skip_batch=True)
-    if shape[axis] is None:
-        raise UnsupportedOpError(f"{node_label(ctx.node)}: acts on the batch axis, which has no static size")
-    return int(shape[axis])
+    return ctx.dims(name, [axis])[0]
 
 
 def scatter_along_axis(ctx, grad: str, axis: int, index: np.ndarray, size: int, like: str) -> str:
