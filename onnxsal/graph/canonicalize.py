@@ -20,10 +20,11 @@ BATCH_DIM = "N"
 
 
 def upgrade_opset(model: onnx.ModelProto, min_version: int = MIN_OPSET) -> onnx.ModelProto:
-    """Convert the default domain to opset `min_version` when the model is older (onnx version converter)."""
+    """Convert the default domain to opset `min_version` when the model is older (onnx version converter),
+    then lift the IR version to what that opset needs (lift_ir_version)."""
     current = default_opset(model)
     if current >= min_version:
-        return model
+        return lift_ir_version(model)
     try:
         upgraded = version_converter.convert_version(model, min_version)
         onnx.checker.check_model(upgraded)
@@ -33,7 +34,25 @@ def upgrade_opset(model: onnx.ModelProto, min_version: int = MIN_OPSET) -> onnx.
             f"could not upgrade the model from opset {current} to {min_version} ({first_line}); "
             f"re-export it with opset {min_version} or newer"
         ) from None
-    return upgraded
+    return lift_ir_version(upgraded)
+
+
+def lift_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Raise the IR version to the one the model's opsets need, and make initializers plain constants.
+
+    IR 3 (opset <= 8) requires every initializer to be a graph input too, an invariant every later pass
+    would have to keep (a folded constant, a dropped weight). From IR 4 on, an initializer that is also a
+    graph input is only an overridable default; onnxsal never feeds one, so such inputs are removed.
+    """
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    if model.ir_version < needed:
+        model.ir_version = needed
+    inits = {i.name for i in model.graph.initializer}
+    if any(i.name in inits for i in model.graph.input):
+        kept = [i for i in model.graph.input if i.name not in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    return model
 
 
 def _rewire(graph: onnx.GraphProto, old: str, new: str) -> None:
