@@ -92,6 +92,10 @@ def default_batch_size(graph: ModelGraph, budget: int = DEFAULT_MEMORY_BUDGET) -
     return int(max(1, min(64, budget // per_sample)))
 
 
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32, copy=False) if a.dtype.kind == "f" or a.dtype.name == "bfloat16" else a
+
+
 @dataclass
 class GradientOutputs:
     """Results of one gradient run over a batch (numpy, float32)."""
@@ -110,13 +114,17 @@ class _Runner:
         self.session = make_session(model.SerializeToString(), providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        self.output_types = {o.name: o.type for o in self.session.get_outputs()}
 
     def allocate(self, names: list[str], batch: int) -> list[np.ndarray] | None:
-        """float32 arrays for whole-batch outputs, or None when an output's shape is not static."""
+        """float32 arrays for whole-batch outputs, or None when an output's shape is not static or its type is
+        not float32 (a float16 layer of a mixed-precision model: run() returns it and the caller converts)."""
         arrays = []
         for name in names:
             shape = self.output_shapes.get(name)
             if shape is None or any(not isinstance(d, int) for d in shape[1:]):
+                return None
+            if self.output_types.get(name) != "tensor(float)":
                 return None
             arrays.append(np.empty((batch,) + tuple(shape[1:]), dtype=np.float32))
         return arrays
@@ -215,7 +223,10 @@ class Engine:
             else:
                 for store, value in zip(parts, runner.run(names, feeds)):
                     store.append(value)
-        return whole if whole is not None else [np.concatenate(p) for p in parts]
+        if whole is not None:
+            return whole
+        # every tensor comes back as float32, whatever its precision inside the graph (float16, bfloat16, double)
+        return [_as_float32(np.concatenate(p)) for p in parts]
 
     def gradients(self, x: np.ndarray, seed: np.ndarray | None, layers: Sequence[str] = (), ruleset: str = "gradient",
                   target_kind: str = "logit", input_grad: bool = True) -> GradientOutputs:

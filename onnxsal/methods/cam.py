@@ -125,7 +125,7 @@ class GradCAMElementwise(CamMethod):
 
 
 def linear_head(graph, layer) -> np.ndarray:
-    """W (K, C) of a head  layer -> global average pool -> [Flatten|Reshape|Squeeze] -> Gemm|MatMul [+ bias] -> score."""
+    """W (K, C) of a head  layer -> global average pool -> [Flatten|Reshape|Squeeze] -> Gemm|MatMul [+ bias] [-> Cast] -> score."""
     consts, users = graph.constants(), graph.consumers()
     spatial_axes = {1, 2} if layer.layout == "NHWC" else {2, 3}
     not_gap = MethodError(
@@ -168,10 +168,13 @@ def linear_head(graph, layer) -> np.ndarray:
     else:
         raise not_gap
     out = node.output[0]
-    if out != graph.logits_name:
-        bias = only_user(out)
-        if bias.op_type != "Add" or bias.output[0] != graph.logits_name:
+    if out != graph.logits_name and only_user(out).op_type == "Add":  # the bias
+        out = only_user(out).output[0]
+    while out != graph.logits_name:  # Casts to the output's precision (a float16 model with float32 outputs)
+        cast = only_user(out)
+        if cast.op_type != "Cast":
             raise not_gap
+        out = cast.output[0]
     return np.asarray(w, dtype=np.float32)
 
 
