@@ -373,7 +373,7 @@ def _differentiate(emitter: Emitter, nodes, output: str, wrt: Sequence[str], rul
     """Emit the backward nodes; returns the gradient parts of every tensor reached, by tensor name.
 
     With `errors` (a list), a node that cannot be differentiated is recorded there as (op type, node label,
-    reason) and passes no gradient on, instead of raising: a dry run that finds every such node.
+    reason) and passes zeros on instead of raising: a dry run that finds every such node.
     """
     active = _active_tensors(nodes, wrt, emitter.dtypes)
     path, needed = _needed_nodes(nodes, output, active)
@@ -401,7 +401,10 @@ def _differentiate(emitter: Emitter, nodes, output: str, wrt: Sequence[str], rul
             if errors is None:
                 raise
             errors.append((_op_name(node), node_label(node), str(exc)))
-            continue
+            # a stand-in gradient (zeros) flows on, so that the nodes before this one are checked too
+            stand_in = RuleContext(emitter, node, grads_out, [])
+            needs = [bool(i) and i in active and i in needed for i in node.input]
+            results = [stand_in.zeros_like(i) if need else None for i, need in zip(node.input, needs)]
         for i, g in enumerate(results):
             if g is not None and needs[i]:
                 grads.setdefault(node.input[i], []).append(g)
