@@ -93,7 +93,8 @@ def default_batch_size(graph: ModelGraph, budget: int = DEFAULT_MEMORY_BUDGET) -
 
 
 def _as_float32(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float32, copy=False) if a.dtype.kind == "f" or a.dtype.name == "bfloat16" else a
+    """float16 / bfloat16 results as float32 (double stays double: a float64 model keeps its precision)."""
+    return a.astype(np.float32) if a.dtype == np.float16 or a.dtype.name == "bfloat16" else a
 
 
 @dataclass
@@ -225,7 +226,7 @@ class Engine:
                     store.append(value)
         if whole is not None:
             return whole
-        # every tensor comes back as float32, whatever its precision inside the graph (float16, bfloat16, double)
+        # float16 / bfloat16 tensors of the graph come back as float32
         return [_as_float32(np.concatenate(p)) for p in parts]
 
     def gradients(self, x: np.ndarray, seed: np.ndarray | None, layers: Sequence[str] = (), ruleset: str = "gradient",

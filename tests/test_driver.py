@@ -105,6 +105,8 @@ def test_dry_run_lists_every_failing_node_and_keeps_going(ruleset):
     ruleset["Relu"] = refuses
     ruleset["Add"] = lambda ctx: [ctx.dy()]
     errors = dry_run(two_input_model(), "y", ["a", "b"], ruleset="broken")
-    assert [(op, label) for op, label, _ in errors] == [("Relu", 'Relu node "relu1"')]  # nothing flows to Add
+    # Relu refuses; zeros stand in for its gradient, so Add (before it) is checked too
+    assert [(op, label) for op, label, _ in errors] == [("Relu", 'Relu node "relu1"'), ("Add", 'Add node "add1"')]
+    assert "returned 1 gradients for 2 inputs" in errors[1][2]
     errors = dry_run(two_input_model(), "y", ["a", "b"], ruleset="gradient")
     assert errors == []
