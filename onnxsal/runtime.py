@@ -3,8 +3,8 @@
 Engine(graph) runs the sessions of one canonical model: a forward session (score and, optionally,
 layer activations) and gradient sessions keyed by (layers, rule set, target kind, input gradient,
 top-class seed). Inputs larger than the batch size run in chunks; a model that cannot take a batch runs
-one sample at a time. Sessions live in a process-wide table keyed like the disk cache of augmented
-graphs (cache.py) plus the providers, so every Engine of the same model shares them.
+one sample at a time. Sessions live in the process-wide byte-budgeted LRU (cache.MEMORY) keyed like the
+disk cache of augmented graphs plus the providers, so every Engine of the same model shares them.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from .errors import InputError, OnnxsalError
 from .graph.model import ModelGraph
 
 UNBATCHABLE = "the model does not run with a batch larger than 1; running one sample at a time"
-_SESSIONS: dict = {}  # (cache entry key, providers) -> _Runner, shared by every Engine of the process
-MAX_SESSIONS = 16
 # Bytes of activations a batch may hold (forward + backward), on the CPU. Small on purpose: on a 2-core EPYC the
 # per-sample gradient time of MobileNetV2 / EfficientNet-Lite0 is lowest at batch 2 and ~10% higher at 8-16
 # (the working set leaves the cache), while per-run overhead is ~0.3 ms.
@@ -163,15 +161,15 @@ class Engine:
     # -- sessions
     def _runner(self, kind: str, options: tuple, build) -> tuple[_Runner, str]:
         """A session for an augmented model: from the process table, else built from the (disk-cached) model."""
-        from .cache import cached_model, entry_key
+        from . import cache
 
-        key = (entry_key(self.graph, kind, options), repr(provider_list(self.providers)))
-        if key not in _SESSIONS:
-            model, score = cached_model(self.graph, kind, options, build)
-            if len(_SESSIONS) >= MAX_SESSIONS:
-                _SESSIONS.pop(next(iter(_SESSIONS)))
-            _SESSIONS[key] = (_Runner(self.graph, model, self.providers), score)
-        return _SESSIONS[key]
+        key = ("session", cache.entry_key(self.graph, kind, options), repr(provider_list(self.providers)))
+        found = cache.MEMORY.get(key)
+        if found is None:
+            model, score = cache.cached_model(self.graph, kind, options, build)
+            # size estimate: the session holds the initializers and pre-packed copies of the big ones
+            found = cache.MEMORY.put(key, (_Runner(self.graph, model, self.providers), score), 2 * model.ByteSize())
+        return found
 
     def forward_runner(self, target_kind: str = "logit", layers: Sequence[str] = ()) -> tuple[_Runner, str]:
         from .autodiff.augment import forward_model

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from .. import cache
 from ..errors import ModelError
 from . import canonicalize as canon
 from .utils import (
@@ -219,8 +220,6 @@ def _trailing_activation(proto: onnx.ModelProto, output: str) -> tuple[str, str 
     return output, None, -1
 
 
-_GRAPHS: dict = {}  # canonical graphs of this process, by (digest, options)
-
 
 def load_model(
     model,
@@ -237,12 +236,12 @@ def load_model(
     """
     proto, data, _ = read_model(model)
     digest = model_digest(proto, data)
-    key = (digest, input_name, output_name, tuple(input_shape) if input_shape else None, tuple(protected))
-    if key not in _GRAPHS:
-        if len(_GRAPHS) >= 8:
-            _GRAPHS.pop(next(iter(_GRAPHS)))
-        _GRAPHS[key] = _canonical(proto, data, digest, input_name, output_name, input_shape, protected)
-    return _GRAPHS[key]
+    key = ("graph", digest, input_name, output_name, tuple(input_shape) if input_shape else None, tuple(protected))
+    found = cache.MEMORY.get(key)
+    if found is None:
+        found = _canonical(proto, data, digest, input_name, output_name, input_shape, protected)
+        cache.MEMORY.put(key, found, found.model.ByteSize())
+    return found
 
 
 def _canonical(proto, data, digest, input_name, output_name, input_shape, protected) -> ModelGraph:
