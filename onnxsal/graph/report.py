@@ -47,7 +47,9 @@ def inspect_model(graph: ModelGraph, original: onnx.ModelProto | None = None) ->
     except Exception:  # noqa: BLE001 - a model without feature maps still has a report
         auto = None
     report["layers"] = [{"tensor": layer.tensor, "node": layer.node, "op": layer.op_type, "shape": _dims(layer.shape),
-                         "layout": layer.layout, "auto": layer.tensor == auto} for layer in layers]
+                         "layout": layer.layout, "auto": layer.tensor == auto,
+                         **({"tokens": layer.tokens, "grid": list(layer.grid)} if layer.layout == "NLC" else {})}
+                        for layer in layers]
     dtypes, _ = tensor_types(graph.model)
     nodes = list(graph.graph.node)
     path, _ = _needed_nodes(nodes, graph.logits_name, _active_tensors(nodes, [graph.input_name], dtypes))
@@ -77,13 +79,14 @@ def format_report(report: dict, source: str, all_layers: bool = False) -> str:
     lines.append(f"score   {e['score']}{cut}, {e['classes']} classes")
     lines.append("")
     layers = report["layers"]
-    lines.append(f"layers  ({len(layers)} rank-4 feature maps; * = auto, the default for CAM methods)")
+    lines.append(f"layers  ({len(layers)} feature maps and token sequences; * = auto, the default for CAM methods)")
     if not all_layers and len(layers) > 12:
         lines.append(f"    ... {len(layers) - 12} earlier layers (--all-layers lists them)")
         layers = layers[-12:]
     for layer in layers:
         mark = "*" if layer["auto"] else " "
-        lines.append(f"  {mark} {layer['tensor']}  [{layer['shape']}] {layer['layout'] or ''}  ({layer['op']})")
+        grid = f" {layer['tokens']} + {layer['grid'][0]}x{layer['grid'][1]} tokens" if "grid" in layer else ""
+        lines.append(f"  {mark} {layer['tensor']}  [{layer['shape']}] {layer['layout'] or ''}{grid}  ({layer['op']})")
     lines.append("")
     path = report["gradient_path"]
     ops = ", ".join(f"{op} x{n}" for op, n in path["ops"].items())
