@@ -3,7 +3,8 @@
 - sizes shape inference cannot derive (class-token Expand + Concat): finite differences;
 - attention with the batch on axis 1 (nn.MultiheadAttention / nn.TransformerEncoderLayer with
   batch_first False packs q, k, v as [3, L, N, E]) and class tokens, exported by both torch exporters:
-  torch autograd at batch sizes 1 and 3, cosine >= 0.9999.
+  torch autograd at batch sizes 1 and 3, cosine >= 0.9999;
+- the same exported with a fixed batch of one (batch baked into constants off axis 0): re-batched.
 """
 
 from __future__ import annotations
@@ -102,3 +103,24 @@ def test_vit_like_models_match_torch_autograd_at_batch_1_and_3(batch_first, enco
         assert cosine(out.scores, logits) >= 0.9999
         c, r = cosine(out.input_grad, gx), max_rel_err(out.input_grad, gx)
         assert c >= 0.9999 and r <= 1e-3, f"batch {batch}: cosine {c:.7f}, max relative error {r:.2e}"
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("batch_first,encoder_layer", VITS, ids=["mha-batch-first", "mha-seq-first", "encoder-seq-first"])
+def test_exports_with_a_fixed_batch_of_one_are_rebatched(batch_first, encoder_layer, exporter):
+    # no dynamic axes: the class token is a folded [1, 1, C] constant and attention reshapes hold N * heads
+    # and L * N as numbers; before, such a model ran one sample at a time
+    torch.manual_seed(1)
+    model = TinyViT(batch_first, encoder_layer).eval()
+    data = tm.export(model, exporter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graph = load_model(data)
+        engine = Engine(graph)
+    assert graph.batchable and engine.batch_size > 1
+    x = R.standard_normal((3, 3, tm.SIZE, tm.SIZE)).astype(np.float32)
+    seed = R.standard_normal((3, tm.CLASSES)).astype(np.float32)
+    out = engine.gradients(x, seed)
+    _, gx, _, _ = tm.torch_gradients(model, x, seed, None)
+    c, r = cosine(out.input_grad, gx), max_rel_err(out.input_grad, gx)
+    assert c >= 0.9999 and r <= 1e-3, f"cosine {c:.7f}, max relative error {r:.2e}"

@@ -262,6 +262,7 @@ def _canonical(proto, data, digest, input_name, output_name, input_shape, protec
     proto = canon.rewrite_batch_reshapes(proto, export_batch)
     proto = canon.fold_constants(proto, input_name)
     proto = canon.rewrite_batch_reshapes(proto, export_batch)
+    proto = canon.rebatch_baked_batch(proto, input_name, export_batch)
     proto = canon.fold_batchnorm(proto, protected=set(protected))
     proto = canon.fold_pad_into_conv(proto, protected=set(protected))
     # declared shapes of outputs are re-derived: clear stale value_info so inference is consistent
