@@ -4,7 +4,9 @@
 - attention with the batch on axis 1 (nn.MultiheadAttention / nn.TransformerEncoderLayer with
   batch_first False packs q, k, v as [3, L, N, E]) and class tokens, exported by both torch exporters:
   torch autograd at batch sizes 1 and 3, cosine >= 0.9999;
-- the same exported with a fixed batch of one (batch baked into constants off axis 0): re-batched.
+- the same exported with a fixed batch of one (batch baked into constants off axis 0): re-batched;
+- a Swin-style block (torch.roll as Slice + Concat, window partition reshapes, relative position bias
+  Gather, shifted-window mask, channels-last layers), both exporters, dynamic batch and a batch of one.
 """
 
 from __future__ import annotations
@@ -124,3 +126,71 @@ def test_exports_with_a_fixed_batch_of_one_are_rebatched(batch_first, encoder_la
     _, gx, _, _ = tm.torch_gradients(model, x, seed, None)
     c, r = cosine(out.input_grad, gx), max_rel_err(out.input_grad, gx)
     assert c >= 0.9999 and r <= 1e-3, f"cosine {c:.7f}, max relative error {r:.2e}"
+
+
+class TinySwin(nn.Module):
+    """Swin-style block: channels-last patches, cyclic shift (torch.roll: Slice + Concat), window partition,
+    relative position bias gathered from a table, a shifted-window mask, head on the mean of the final norm."""
+
+    def __init__(self, dim=16, heads=2, window=4, shift=2):
+        super().__init__()
+        self.w, self.s, self.heads = window, shift, heads
+        self.patch = nn.Conv2d(3, dim, 4, 4)  # 32 x 32 -> 8 x 8 patches, channels last below
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads) * 0.1)
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
+        self.register_buffer("index", rel[..., 0] * (2 * window - 1) + rel[..., 1])
+        windows = (8 // window) ** 2
+        self.register_buffer("mask", (torch.rand(windows, window * window, window * window) > 0.7).float() * -100.0)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, tm.CLASSES)
+
+    def forward(self, x):
+        w, s, heads = self.w, self.s, self.heads
+        x = self.patch(x).permute(0, 2, 3, 1)
+        n, hh, ww, c = x.shape
+        h = torch.roll(self.norm1(x), shifts=(-s, -s), dims=(1, 2))
+        h = h.view(n, hh // w, w, ww // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, c)
+        b = h.shape[0]
+        qkv = self.qkv(h).reshape(b, w * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
+        bias = self.table[self.index.view(-1)].view(w * w, w * w, heads).permute(2, 0, 1)
+        attn = attn + bias.unsqueeze(0)
+        windows = self.mask.shape[0]
+        attn = attn.view(b // windows, windows, heads, w * w, w * w) + self.mask[None, :, None]
+        attn = attn.view(-1, heads, w * w, w * w).softmax(-1)
+        h = self.proj((attn @ v).transpose(1, 2).reshape(b, w * w, c))
+        h = h.view(n, hh // w, ww // w, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(n, hh, ww, c)
+        x = x + torch.roll(h, shifts=(s, s), dims=(1, 2))
+        x = x + self.mlp(self.norm2(x))
+        return self.head(self.norm(x).mean((1, 2)))
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic-batch", "batch-of-one"])
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_swin_like_model_matches_torch_autograd_and_gets_a_channels_last_cam(exporter, dynamic):
+    torch.manual_seed(0)
+    model = TinySwin().eval()
+    data = tm.export(model, exporter, dynamic=dynamic, batch=2 if (dynamic and exporter == "dynamo") else 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graph = load_model(data)
+        engine = Engine(graph)
+    assert graph.batchable
+    from onnxsal.graph import select_layer
+
+    layer = select_layer(graph, "auto")  # the final norm, [N, 8, 8, C] channels-last
+    assert layer.layout == "NHWC" and layer.spatial == (8, 8)
+    for batch in (1, 3):
+        x = R.standard_normal((batch, 3, tm.SIZE, tm.SIZE)).astype(np.float32)
+        seed = R.standard_normal((batch, tm.CLASSES)).astype(np.float32)
+        out = engine.gradients(x, seed, layers=[layer.tensor])
+        _, gx, act, gact = tm.torch_gradients(model, x, seed, model.norm)
+        assert cosine(out.input_grad, gx) >= 0.9999 and max_rel_err(out.input_grad, gx) <= 1e-3
+        assert cosine(out.activations[layer.tensor], act) >= 0.9999
+        assert cosine(out.layer_grads[layer.tensor], gact) >= 0.9999
