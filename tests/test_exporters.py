@@ -47,6 +47,22 @@ def test_class_token_expand_and_concat_with_sizes_inference_cannot_derive():
     fd_check(case)
 
 
+@pytest.mark.parametrize("start,end", [(1, 3), (-2, 100), (0, -1), (2, 2)])
+def test_slice_of_an_axis_whose_size_inference_cannot_derive(start, end):
+    # e = Expand(token, (N, 1, E)) as above (sizes unknown to inference); y = e[:, :, start:end] * sum(x) per sample
+    case = Case(
+        f"Slice-unknown-size-{start}-{end}",
+        [N("Shape", ["x"], ["s"]), N("Cast", ["s"], ["sf"], to=1), N("Cast", ["sf"], ["si"], to=7),
+         N("Mul", ["si", "keep"], ["s1"]), N("Max", ["s1", "ones"], ["shape"]),
+         N("Expand", ["token", "shape"], ["e"]), N("Slice", ["e", "st", "en", "ax"], ["c"]),
+         N("ReduceSum", ["x", "ax12"], ["r"]), N("Mul", ["c", "r"], ["y"])],
+        {"x": R.standard_normal((2, 4, 3)), "token": R.standard_normal((1, 1, 3))},
+        {"keep": np.array([1, 0, 1], np.int64), "ones": np.array([1, 1, 1], np.int64), "st": np.array([start], np.int64),
+         "en": np.array([end], np.int64), "ax": np.array([2], np.int64), "ax12": np.array([1, 2], np.int64)},
+    )
+    fd_check(case)
+
+
 class TinyViT(nn.Module):
     """Patch embedding, class token (Expand + Concat), position embedding, one attention block, head on the token."""
 

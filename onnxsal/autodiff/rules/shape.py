@@ -52,6 +52,23 @@ def scatter_along_axis(ctx, grad: str, axis: int, index: np.ndarray, size: int, 
     return ctx.op("ScatterElements", zeros, idx, grad, axis=axis, reduction="add")
 
 
+def _pad_axis_dynamic(ctx, grad: str, rank: int, axis: int, start: int, end: int, size: str) -> str:
+    """Pad grad back to `size` (a run-time [1] tensor) along axis for y = x[start:end] (step 1):
+    b = clamp(start, 0, size) (counted from the end when negative), e = max(clamp(end, 0, size), b);
+    pads b before and size - e after."""
+
+    def clamp(bound: int) -> str:
+        if bound >= 0:
+            return ctx.op("Min", ctx.ints([bound]), size)
+        return ctx.op("Max", ctx.op("Add", ctx.ints([bound]), size), ctx.ints([0]))
+
+    begin = clamp(start)
+    after = ctx.op("Sub", size, ctx.op("Max", clamp(end), begin))
+    zeros = lambda n: [ctx.ints([0] * n)] if n else []  # noqa: E731
+    pads = ctx.op("Concat", *zeros(axis), begin, *zeros(rank - 1), after, *zeros(rank - 1 - axis), axis=0)
+    return ctx.op("Pad", grad, pads)
+
+
 def _pad_axis(ctx, grad: str, rank: int, axis: int, before: int, after: int) -> str:
     pads = [0] * (2 * rank)
     pads[axis], pads[rank + axis] = before, after
@@ -72,6 +89,10 @@ def slice_(ctx):
     steps = [int(s) for s in (steps if steps is not None else [1] * len(starts))]
     dx = ctx.dy()
     for axis, start, end, step in zip(axes, starts.tolist(), ends.tolist(), steps):
+        shape = ctx.shape(x)
+        if step == 1 and (shape is None or shape[axis] is None):  # size known only at run time
+            dx = _pad_axis_dynamic(ctx, dx, rank, axis, int(start), int(end), axis_size(ctx, x, axis))
+            continue
         size = _dim(ctx, x, axis)
         index = np.arange(size)[slice(int(start), int(end), step)]
         if len(index) == 0:
