@@ -142,15 +142,32 @@ def gather_elements(ctx):
 
 @rule("GatherND")
 def gather_nd(ctx):
-    # y[j..] = x[i[j.., :]] (batch_dims 0): dx = ScatterND(zeros like x, i, dy, add), exact for repeated rows of i
-    if ctx.attr("batch_dims", 0):
-        raise UnsupportedOpError(f"{node_label(ctx.node)}: GatherND with batch_dims > 0 has no backward rule yet")
-    data, idx = ctx.x(0), ctx.x(1)
+    # y[b.., j..] = x[b.., i[b.., j.., :]] with b the batch_dims leading axes shared by x and i.
+    # dx = ScatterND(zeros like x, i, dy, add), exact for repeated rows of i; with batch_dims > 0 the b axes
+    # are flattened to one of size B and each row of i gets its batch coordinate in front.
+    data, idx, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    b = ctx.attr("batch_dims", 0)
     k = (ctx.shape(idx) or (None,))[-1]
     if k is None:
         raise UnsupportedOpError(f"{node_label(ctx.node)}: the last axis of its indices has no static size")
-    index = ctx.op("Mod", idx, ctx.op("Shape", data, end=int(k)))  # negative indices count from the end
-    return ctx.data_grad(ctx.op("ScatterND", ctx.zeros_like(data), index, ctx.dy(), reduction="add"))
+    k = int(k)
+    index = ctx.op("Mod", idx, ctx.op("Shape", data, start=b, end=b + k))  # negative indices count from the end
+    if b == 0:
+        return ctx.data_grad(ctx.op("ScatterND", ctx.zeros_like(data), index, dy, reduction="add"))
+    rank = ctx.rank(data)
+    batch = ctx.op("ReduceProd", ctx.op("Shape", data, end=b), keepdims=1)  # [B]
+    rest = [ctx.op("Shape", data, start=b + k)] if b + k < rank else []
+    rows = ctx.op("Reshape", index, ctx.op("Concat", batch, ctx.ints([-1, k]), axis=0))  # (B, M, k)
+    grid = ctx.op("Range", ctx.constant(0, dtype=np.int64), ctx.op("Squeeze", batch, ctx.ints([0])),
+                  ctx.constant(1, dtype=np.int64))
+    grid = ctx.op("Expand", ctx.op("Reshape", grid, ctx.ints([-1, 1, 1])),
+                  ctx.op("Concat", ctx.op("Shape", rows, end=2), ctx.ints([1]), axis=0))  # (B, M, 1)
+    full = ctx.op("Concat", grid, rows, axis=2)  # (B, M, 1 + k)
+    flat_dy = ctx.op("Reshape", dy, ctx.op("Concat", batch, ctx.ints([-1]), *rest, axis=0))  # (B, M, x[b+k:]..)
+    zeros = ctx.op("ConstantOfShape", ctx.op("Concat", batch, ctx.op("Shape", data, start=b), axis=0),
+                   value=numpy_helper.from_array(np.zeros(1, dtype=ctx.np_dtype(data))))
+    flat_dx = ctx.op("ScatterND", zeros, full, flat_dy, reduction="add")
+    return ctx.data_grad(ctx.op("Reshape", flat_dx, ctx.shape_of(data)))
 
 
 @rule("Concat")
