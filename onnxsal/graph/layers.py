@@ -12,8 +12,9 @@ normalised input to attention; later sequences pass only the class token on to t
 Channel-first ONNX ops (Conv, pools, BatchNormalization) produce NCHW tensors; Transposes with
 perm (0,2,3,1)/(0,3,1,2) switch layout, as tf2onnx graphs do around every convolution; any other op
 passes its input's layout on. That decides the channel axis of each candidate; a rank-4 map no such op
-tagged is NHWC when its axes 1 and 2 divide the input's height and width by one factor and axes 2 and 3
-do not (Swin and ConvNeXt blocks, channels-last from reshapes).
+tagged (one that reshapes made: Swin and ConvNeXt blocks, window attention folded back) is NHWC when its
+axes 1 and 2 divide the input's height and width by one factor and axes 2 and 3 do not, and NCHW the
+other way round.
 """
 
 from __future__ import annotations
@@ -127,11 +128,15 @@ def token_grid(length: int, height: int, width: int) -> tuple[int, tuple[int, in
     return None
 
 
-def _channels_last_from_shape(shape: tuple, height: int, width: int) -> bool:
-    def grid(a, b):
-        return a and b and height % a == 0 and width % b == 0 and height // a == width // b
+def _layout_from_shape(shape: tuple, height: int, width: int) -> str | None:
+    """NHWC when axes 1, 2 are the input's height and width divided by one stride and axes 2, 3 are not;
+    NCHW the other way round; None when both or neither fit."""
 
-    return bool(grid(shape[1], shape[2]) and not grid(shape[2], shape[3]))
+    def grid(a, b):
+        return bool(a and b and height % a == 0 and width % b == 0 and height // a == width // b)
+
+    last, first = grid(shape[1], shape[2]), grid(shape[2], shape[3])
+    return "NHWC" if last and not first else "NCHW" if first and not last else None
 
 
 def candidate_layers(graph: ModelGraph) -> list[Layer]:
@@ -148,8 +153,8 @@ def candidate_layers(graph: ModelGraph) -> list[Layer]:
                 continue
             if len(shape) == 4:
                 layout = tags.get(out)
-                if layout is None and height and _channels_last_from_shape(shape, height, width):
-                    layout = "NHWC"
+                if layout is None and height:
+                    layout = _layout_from_shape(shape, height, width)
                 found.append(Layer(out, node.name, node.op_type, shape, layout))
             elif len(shape) == 3 and height and shape[0] in (None, 1) and shape[1] and shape[2]:
                 # batch axis first: symbolic, or 1 where the export baked a batch of one in

@@ -9,6 +9,7 @@ Gemm/MatMul dA = dY B^T, dB = A^T dY
 Softmax    dx = y * (dy - sum(dy * y));  LogSoftmax  dx = dy - exp(y) * sum(dy)
 LayerNormalization dx = inv * (g - mean(g) - xhat * mean(g * xhat)), g = dy * scale
 Resize     dx = M_a^T applied along each resized axis a, M_a the op's own interpolation matrix
+Einsum     dx_i = einsum(o, s_j (j != i) -> s_i)(dy, x_j ..), expanded over letters only s_i has
 """
 
 from __future__ import annotations
@@ -367,3 +368,46 @@ def resize(ctx):
             moved = ctx.op("MatMul", ctx.op("Transpose", dx, perm=perm), ctx.constant(m, like=x))
             dx = ctx.op("Transpose", moved, perm=perm)
     return ctx.data_grad(dx)
+
+
+def _einsum_terms(equation: str) -> tuple[list[str], str]:
+    """(input terms, output term) of an einsum equation; without '->' the output is every letter used once,
+    in alphabetical order, after the ellipsis (numpy's implicit mode)."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, out = equation.partition("->")
+    if not arrow:
+        letters = [c for c in lhs if c.isalpha()]
+        out = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return lhs.split(","), out
+
+
+@rule("Einsum")
+def einsum(ctx):
+    # y = einsum(s_1, .., s_n -> o): dx_i = einsum(o, s_j (j != i) -> s_i)(dy, x_j ..). Letters of s_i found
+    # nowhere else were summed in the forward: dx_i is dy's result without them, expanded back over them.
+    terms, out = _einsum_terms(ctx.attr("equation"))
+    grads = []
+    for i, term in enumerate(terms):
+        if not ctx.needs(i):
+            grads.append(None)
+            continue
+        own = term.replace("...", "")
+        others = [t for j, t in enumerate(terms) if j != i]
+        if len(set(own)) != len(own):
+            raise UnsupportedOpError(f"{node_label(ctx.node)}: a repeated subscript in {term!r} (a diagonal) has no backward rule")
+        elsewhere = out + "".join(others)
+        if "..." in term and "..." not in elsewhere:
+            raise UnsupportedOpError(f"{node_label(ctx.node)}: an ellipsis summed away in {term!r} has no backward rule")
+        lonely = [c for c in own if c not in elsewhere]
+        target = "".join(c for c in term if c not in lonely)
+        operands = [ctx.x(j) for j in range(len(terms)) if j != i]
+        dx = ctx.op("Einsum", ctx.dy(), *operands, equation=",".join([out] + others) + "->" + target)
+        if lonely:
+            lead = term.index("...") if "..." in term else len(term)
+            spread = ctx.rank(ctx.x(i)) - len(own)  # axes the ellipsis stands for
+            axes = [p if p < lead else p + spread - 3 for p, c in enumerate(term) if c in lonely]
+            dx = ctx.op("Expand", ctx.unsqueeze(dx, axes), ctx.shape_of(ctx.x(i)))
+        if "..." in term:  # ellipsis axes may have been broadcast against the other operands
+            dx = ctx.sum_to(dx, None, None, ctx.x(i))
+        grads.append(dx)
+    return grads
