@@ -10,8 +10,8 @@ ONNXSAL_CACHE=0 turns the disk cache off.
 
 In memory, everything large the process keeps for reuse (canonical graphs, augmented graphs, onnxruntime
 sessions) shares one least-recently-used store with a byte budget, MEMORY: $ONNXSAL_CACHE_MEMORY
-("4G", "512M", or bytes; default 4 GiB). A session's size is estimated as twice its model's bytes
-(onnxruntime keeps the initializers and pre-packed copies of Conv/Gemm weights).
+("4G", "512M", or bytes; default 4 GiB). A session counts what the process's resident set grew by
+while onnxruntime built it, and at least twice its model's bytes.
 """
 
 from __future__ import annotations

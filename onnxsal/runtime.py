@@ -90,6 +90,15 @@ def default_batch_size(graph: ModelGraph, budget: int = DEFAULT_MEMORY_BUDGET) -
     return int(max(1, min(64, budget // per_sample)))
 
 
+def _resident_bytes() -> int:
+    """Resident set size of this process in bytes (Linux), else 0."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _as_float32(a: np.ndarray) -> np.ndarray:
     """float16 / bfloat16 results as float32 (double stays double: a float64 model keeps its precision)."""
     return a.astype(np.float32) if a.dtype == np.float16 or a.dtype.name == "bfloat16" else a
@@ -167,8 +176,12 @@ class Engine:
         found = cache.MEMORY.get(key)
         if found is None:
             model, score = cache.cached_model(self.graph, kind, options, build)
-            # size estimate: the session holds the initializers and pre-packed copies of the big ones
-            found = cache.MEMORY.put(key, (_Runner(self.graph, model, self.providers), score), 2 * model.ByteSize())
+            before = _resident_bytes()
+            runner = _Runner(self.graph, model, self.providers)
+            # what the session costs: the growth of the resident set while onnxruntime built it (its copies of
+            # the initializers, pre-packed weights, arenas), at least twice the model where that cannot be read
+            size = max(_resident_bytes() - before, 2 * model.ByteSize()) if before else 2 * model.ByteSize()
+            found = cache.MEMORY.put(key, (runner, score), size)
         return found
 
     def forward_runner(self, target_kind: str = "logit", layers: Sequence[str] = ()) -> tuple[_Runner, str]:

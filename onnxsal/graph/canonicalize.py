@@ -483,8 +483,8 @@ def _rebatch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
             value = ref0[name] if name in ref0 else known.get(name)
             if name in live or value is None or value.ndim < 2 or value.shape[0] != 1:
                 continue
-            n, shape, out = f"{name}/batch_of/{anchor}", f"{name}/batch_shape", f"{name}/per_sample/{node.name or k}"
-            ones = f"{name}/ones"
+            out = f"{name}/per_sample/{node.name or node.output[0]}/{k}"
+            n, shape, ones = f"{out}/batch", f"{out}/shape", f"{out}/ones"
             g.initializer.append(numpy_helper.from_array(np.ones(value.ndim - 1, np.int64), ones))
             added.append((node, [helper.make_node("Shape", [anchor], [n], start=0, end=1),
                                  helper.make_node("Concat", [n, ones], [shape], axis=0),
