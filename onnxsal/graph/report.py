@@ -81,7 +81,9 @@ def format_report(report: dict, source: str, all_layers: bool = False) -> str:
     layers = report["layers"]
     lines.append(f"layers  ({len(layers)} feature maps and token sequences; * = auto, the default for CAM methods)")
     if not all_layers and len(layers) > 12:
-        lines.append(f"    ... {len(layers) - 12} earlier layers (--all-layers lists them)")
+        hidden = [layer for layer in layers[:-12] if layer["auto"]]
+        lines.append(f"    ... {len(layers) - 12} earlier layers (--all-layers lists them)"
+                     + (f"; auto is {hidden[0]['tensor']} [{hidden[0]['shape']}] {hidden[0]['layout']}" if hidden else ""))
         layers = layers[-12:]
     for layer in layers:
         mark = "*" if layer["auto"] else " "
