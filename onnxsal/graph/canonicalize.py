@@ -401,19 +401,19 @@ def _run(session, feeds) -> list | None:
         return None
 
 
-def _stacked(value: np.ndarray, one: np.ndarray, two: np.ndarray) -> bool:
-    """value is the batch-1 results `one` and `two` joined on some axis, the batch its outer factor (concatenated,
-    as in N * heads) or its inner factor (interleaved, as in L * N)."""
+def _stacked(value: np.ndarray, one: np.ndarray, two: np.ndarray) -> str | None:
+    """'outer' or 'inner' when value is the batch-1 results `one` and `two` joined on some axis, the batch its
+    outer factor (concatenated, as in N * heads) or its inner factor (interleaved, as in L * N); else None."""
     if value.ndim != one.ndim:
-        return False
+        return None
     tol = dict(rtol=1e-4, atol=1e-5 * (float(np.abs(one).max()) + 1 if one.size else 1))
     for axis in range(value.ndim):
         if value.shape[axis] == 2 * one.shape[axis] and value.shape[:axis] + value.shape[axis + 1:] == one.shape[:axis] + one.shape[axis + 1:]:
-            outer = np.concatenate([one, two], axis)
-            inner = np.stack([one, two], axis + 1).reshape(value.shape)
-            if np.allclose(value, outer, **tol) or np.allclose(value, inner, **tol):
-                return True
-    return False
+            if np.allclose(value, np.concatenate([one, two], axis), **tol):
+                return "outer"
+            if np.allclose(value, np.stack([one, two], axis + 1).reshape(value.shape), **tol):
+                return "inner"
+    return None
 
 
 def rebatch_baked_batch(model: onnx.ModelProto, input_name: str, batch: int | None) -> onnx.ModelProto:
@@ -498,11 +498,12 @@ def _rebatch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
     consts = constants(g)
     reshapes = [n for n in g.node if n.op_type == "Reshape" and n.input[0] in live and n.input[1] in consts]
 
-    def options(node) -> list | None:
-        """Targets under which this Reshape's output is the two references joined (None: its input is not)."""
-        sess = _probe_session(work, [node.input[0]])
-        got = _run(sess, {input_name: both}) if sess is not None else None
-        data, one = (got[0] if got else None), ref0.get(node.input[0])
+    def options(node, known: dict) -> list | None:
+        """Targets under which this Reshape's output is the two references joined (None: its input is not).
+        `known` holds batch-2 values computed so far under the current choices; it is extended in place."""
+        if node.input[0] not in known:
+            known.update(_segment(work, known, node.input[0]) or {})
+        data, one = known.get(node.input[0]), ref0.get(node.input[0])
         if data is None or one is None or not _stacked(data, one, ref1[node.input[0]]):
             return None
         target = consts[node.input[1]].astype(np.int64)
@@ -516,18 +517,19 @@ def _rebatch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
                 reshaped = data.reshape(candidate)
             except ValueError:
                 continue
-            if _stacked(reshaped, want0, want1):
+            how = _stacked(reshaped, want0, want1)
+            if how:
                 if k == 0:
                     return [None]  # already batches
-                found.append(candidate)
-        return found
+                found.append((how != "outer", candidate))
+        return [candidate for _, candidate in sorted(found, key=lambda f: f[0])]  # the batch as outer factor first
 
-    def search(i: int) -> bool:
+    def search(i: int, known: dict) -> bool:
         """Choose targets for reshapes[i:], backtracking when a choice makes a later reshape's input wrong."""
         if i == len(reshapes):
             return batch_ok(work)
         node = reshapes[i]
-        choices = options(node)
+        choices = options(node, known)
         if not choices:
             return False
         original = node.input[1]
@@ -537,9 +539,58 @@ def _rebatch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
                 if name not in {t.name for t in g.initializer}:
                     g.initializer.append(numpy_helper.from_array(np.asarray(candidate, np.int64), name))
                 node.input[1] = name
-            if search(i + 1):
+            # values downstream of this reshape depend on the choice: later levels work on a copy
+            if search(i + 1, {k: v for k, v in known.items() if k not in after[node.output[0]]}):
                 return True
             node.input[1] = original
         return False
 
-    return remove_dead_nodes(work) if search(0) else model
+    # tensors computed from each reshape's output (invalidated when its target changes)
+    after = {}
+    for r in reshapes:
+        reached = {r.output[0]}
+        for n in g.node:
+            if any(t in reached for t in n.input):
+                reached.update(o for o in n.output if o)
+        after[r.output[0]] = reached
+    return remove_dead_nodes(work) if search(0, {input_name: both}) else model
+
+
+def _segment(model: onnx.ModelProto, known: dict, target: str) -> dict | None:
+    """Values of `target` and every tensor computed on the way, running only the nodes between the tensors
+    in `known` (fed as inputs) and `target`; None when onnxruntime fails."""
+    import onnxruntime as ort
+
+    graph = model.graph
+    made = producers(graph)
+    inits = {i.name: i for i in graph.initializer}
+    nodes, wanted, seen = [], [target], set()
+    while wanted:
+        name = wanted.pop()
+        if name in seen or name in known or name in inits or name not in made:
+            continue
+        seen.add(name)
+        node = made[name]
+        nodes.append(node)
+        wanted.extend(i for i in node.input if i)
+    order = {id(n): k for k, n in enumerate(graph.node)}
+    nodes = sorted({id(n): n for n in nodes}.values(), key=lambda n: order[id(n)])
+    used = {i for n in nodes for i in n.input if i}
+    feeds = {name: known[name] for name in used if name in known}
+    outputs = [o for n in nodes for o in n.output if o]
+    sub = helper.make_graph(
+        nodes, "segment",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
+        [helper.make_empty_tensor_value_info(o) for o in outputs],
+        [inits[name] for name in used if name in inits],
+    )
+    probe = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001
+        return None
+    got = _run(sess, feeds)
+    return None if got is None else dict(zip(outputs, got))
