@@ -66,3 +66,19 @@ def test_ir3_file_loads_runs_batched_and_matches_torch(opset):
     seed = R.standard_normal((3, 5)).astype(np.float32)
     out = engine.gradients(x, seed)
     assert cosine(out.input_grad, torch_grad(x, seed)) >= 0.99999
+
+
+def test_initializers_listed_as_inputs_in_a_newer_ir_are_plain_constants():
+    # torch's keep_initializers_as_inputs=True (IR >= 4): the weights are also graph inputs, overridable defaults
+    import torch_models as tm
+
+    model = tm.build("resnet")
+    data = tm.export(model, "torchscript", opset=11, keep_initializers_as_inputs=True)
+    proto = onnx.load_from_string(data)
+    assert len(proto.graph.input) > 1
+    graph = load_model(data)
+    assert [i.name for i in graph.model.graph.input] == [graph.input_name]
+    x = R.standard_normal((2, 3, tm.SIZE, tm.SIZE)).astype(np.float32)
+    seed = R.standard_normal((2, tm.CLASSES)).astype(np.float32)
+    _, gx, _, _ = tm.torch_gradients(model, x, seed, None)
+    assert cosine(Engine(graph).gradients(x, seed).input_grad, gx) >= 0.9999
