@@ -110,3 +110,20 @@ def test_dry_run_lists_every_failing_node_and_keeps_going(ruleset):
     assert "returned 1 gradients for 2 inputs" in errors[1][2]
     errors = dry_run(two_input_model(), "y", ["a", "b"], ruleset="gradient")
     assert errors == []
+
+
+def test_the_driver_sums_broadcast_gradients_and_rejects_shapes_that_cannot_broadcast(ruleset):
+    # y = relu(a + b) * 2 with b (1, 3) broadcast over a (2, 3): Add's rule returns dy for both inputs, the
+    # driver sums b's over axis 0 (hand-computed: 2 * sum_rows(seed * [a + b > 0]))
+    model = two_input_model()
+    model.graph.input[1].type.tensor_type.shape.dim[0].dim_value = 1
+    model = onnx.shape_inference.infer_shapes(model)
+    aug = build_gradient_model(model, "y", ["a", "b"])
+    a = np.array([[1, -2, 3], [0.5, -0.1, 2]], np.float32)
+    b = np.array([[-3, 1, 1]], np.float32)
+    seed = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (gb,) = session(aug).run(["b_grad"], {"a": a, "b": b, "seed": seed})
+    np.testing.assert_array_equal(gb, (2 * seed * (a + b > 0)).sum(0, keepdims=True))
+    ruleset["Relu"] = lambda ctx: [ctx.op("Concat", ctx.dy(), ctx.dy(), axis=1)]  # (2, 6) for a (2, 3) input
+    with pytest.raises(UnsupportedOpError, match=r'^Relu node "relu1": its backward rule returned a gradient shaped \[2, 6\]'):
+        build_gradient_model(two_input_model(), "y", ["a"], ruleset="broken")

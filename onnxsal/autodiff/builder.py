@@ -249,9 +249,6 @@ class RuleContext:
     def scale(self, x: str, factor: float) -> str:
         return self.op("Mul", x, self.constant(factor, like=x))
 
-    def unbroadcast(self, grad: str, like: str, shaped_as: str | None = None) -> str:
-        """Sum `grad` (shaped like `shaped_as`, default the node's output) over the axes `like` was broadcast on."""
-        return self.sum_to(grad, self.shape(shaped_as or self.y(0)), self.shape(like), like)
 
     def sum_to(self, grad: str, out_shape: tuple | None, in_shape: tuple | None, like: str) -> str:
         """Sum `grad` of shape out_shape down to in_shape (numpy broadcasting in reverse); `like` has in_shape."""
@@ -354,6 +351,7 @@ def _run_rule(rule, ctx: RuleContext) -> list:
             f"{label}: its backward rule returned {got} for {len(node.input)} inputs (one gradient or None per input); "
             "please report this"
         )
+    results = list(results)
     for i, g in enumerate(results):
         if g is None or not ctx.needs(i):
             continue
@@ -365,7 +363,39 @@ def _run_rule(rule, ctx: RuleContext) -> list:
                 f"{label}: the gradient of input {i} is {TensorProto.DataType.Name(got)}, the input is "
                 f"{TensorProto.DataType.Name(want)}; please report this"
             )
-    return list(results)
+        results[i] = _reduce_broadcast(ctx, g, node.input[i], label, i)
+    return results
+
+
+def _reduce_broadcast(ctx: RuleContext, g: str, x: str, label: str, i: int) -> str:
+    """g summed over the axes x was broadcast along, for ops that broadcast (their rules return gradients
+    shaped like the node's output); a gradient whose known shape cannot be x's is a rule bug.
+
+    Where shape inference knows which axes differ, the sum is static; where it does not (an unknown size
+    against a size-1 axis of x, or unknown ranks), it is computed at run time."""
+    gshape, xshape = ctx.e.shapes.get(g), ctx.e.shapes.get(x)
+    broadcasting = ctx.node.op_type in BROADCASTING_OPS
+    if gshape is None or xshape is None:
+        return ctx._unbroadcast_dynamic(g, x) if broadcasting else g
+    gshape, xshape = tuple(gshape), tuple(xshape)
+    lead = len(gshape) - len(xshape)
+    aligned = list(zip(xshape, gshape[max(lead, 0):]))
+    if lead < 0 or (lead > 0 and not broadcasting) or any(
+            d is not None and o is not None and d != o and not (d == 1 and broadcasting) for d, o in aligned):
+        raise UnsupportedOpError(
+            f"{label}: its backward rule returned a gradient shaped {list(gshape)} for input {i} shaped "
+            f"{list(xshape)}; please report this"
+        )
+    if not broadcasting or (lead == 0 and all(d == o or d is None for d, o in aligned)):
+        return g
+    if any(d == 1 and o is None for d, o in aligned):
+        return ctx._unbroadcast_dynamic(g, x)
+    return ctx.sum_to(g, gshape, xshape, x)
+
+
+# ops whose inputs broadcast against each other (numpy rules): their gradients are reduced by the driver
+BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Mean", "Max", "Min", "Where", "Expand",
+                              "PRelu", "Gemm"})
 
 
 def _differentiate(emitter: Emitter, nodes, output: str, wrt: Sequence[str], ruleset: str, seed_name: str,
