@@ -53,7 +53,8 @@ def main() -> None:
     from onnxsal import cache
     from onnxsal.errors import OnnxsalError
 
-    path = os.path.join(tempfile.mkdtemp(), "vgg11.onnx")
+    tmp = tempfile.TemporaryDirectory()  # removed when the process ends
+    path = os.path.join(tmp.name, "vgg11.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(vgg11(), (torch.randn(1, 3, 224, 224),), path, dynamo=False, opset_version=17,
