@@ -9,6 +9,11 @@ onnxruntime cannot load is rebuilt once, see runtime.py). Temporaries of killed 
 
 Location: $ONNXSAL_CACHE_DIR, else $XDG_CACHE_HOME/onnxsal, else ~/.cache/onnxsal.
 ONNXSAL_CACHE=0 turns the disk cache off.
+
+In memory, everything large the process keeps for reuse (canonical graphs, augmented graphs, onnxruntime
+sessions) shares one least-recently-used store with a byte budget, MEMORY: $ONNXSAL_CACHE_MEMORY
+("4G", "512M", or bytes; default 4 GiB). A session counts what the process's resident set grew by
+while onnxruntime built it, and at least twice its model's bytes.
 """
 
 from __future__ import annotations
@@ -16,13 +21,90 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 import onnx
 
-_MEMORY: dict[str, tuple[onnx.ModelProto, str]] = {}
 FROM_DISK: set[str] = set()  # keys whose model was read from the disk cache in this process (not built here)
+DEFAULT_CACHE_MEMORY = 4 << 30
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def memory_budget() -> int:
+    """Bytes the in-memory caches may hold together: $ONNXSAL_CACHE_MEMORY ("4G", "512M", "1000000"), else 4 GiB."""
+    text = os.environ.get("ONNXSAL_CACHE_MEMORY", "").strip().upper().removesuffix("B").removesuffix("I")
+    if not text:
+        return DEFAULT_CACHE_MEMORY
+    unit = text[-1] if text[-1] in _UNITS else ""
+    try:
+        return int(float(text[: len(text) - len(unit)]) * _UNITS[unit])
+    except ValueError:
+        from .errors import OnnxsalError
+
+        raise OnnxsalError(
+            f"ONNXSAL_CACHE_MEMORY={os.environ['ONNXSAL_CACHE_MEMORY']!r} is not a size; write e.g. 4G, 512M or a number of bytes"
+        ) from None
+
+
+class ByteLRU:
+    """Least-recently-used store whose entries carry their size in bytes; past the budget the oldest go.
+
+    The entry just added always stays (a model larger than the budget still runs, it is just not kept
+    next to others). Keys are tuples whose first item says the kind: "graph", "model" or "session".
+    """
+
+    def __init__(self, budget: int | None = None):
+        self._budget = budget
+        self._items: OrderedDict = OrderedDict()
+        self.nbytes = 0
+
+    @property
+    def budget(self) -> int:
+        return self._budget if self._budget is not None else memory_budget()
+
+    def get(self, key):
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key][0]
+
+    def put(self, key, value, nbytes: int):
+        if key in self._items:
+            self.nbytes -= self._items.pop(key)[1]
+        self._items[key] = (value, int(nbytes))
+        self.nbytes += int(nbytes)
+        budget = self.budget
+        while self.nbytes > budget and len(self._items) > 1:
+            _, (_, size) = self._items.popitem(last=False)
+            self.nbytes -= size
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.nbytes = 0
+
+    def discard(self, key) -> None:
+        if key in self._items:
+            self.nbytes -= self._items.pop(key)[1]
+
+    def kinds(self) -> dict[str, int]:
+        """Entries held, by kind."""
+        counts: dict[str, int] = {}
+        for key in self._items:
+            counts[key[0]] = counts.get(key[0], 0) + 1
+        return counts
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+MEMORY = ByteLRU()  # canonical graphs, augmented graphs and sessions of this process
 
 
 def cache_dir() -> Path | None:
@@ -78,7 +160,7 @@ def sweep(directory: Path) -> None:
 
 def drop(key: str) -> None:
     """Forget an entry in memory and on disk (it failed to load into a session)."""
-    _MEMORY.pop(key, None)
+    MEMORY.discard(("model", key))
     FROM_DISK.discard(key)
     directory = cache_dir()
     if directory is None:
@@ -121,8 +203,9 @@ def cached_model(graph, kind: str, options, build: Callable[[], tuple[onnx.Model
 
     `outputs`: names the model must have; a disk entry without them is rebuilt."""
     key = entry_key(graph, kind, options)
-    if key in _MEMORY:
-        return _MEMORY[key]
+    found = MEMORY.get(("model", key))
+    if found is not None:
+        return found
     directory = cache_dir()
     if directory is not None:
         sweep(directory)
@@ -140,5 +223,4 @@ def cached_model(graph, kind: str, options, build: Callable[[], tuple[onnx.Model
                 atomic_write(directory / f"{key}.json", json.dumps(meta).encode())
             except OSError:
                 pass  # a read-only or full cache directory only costs speed
-    _MEMORY[key] = found
-    return found
+    return MEMORY.put(("model", key), found, found[0].ByteSize())

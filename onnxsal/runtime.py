@@ -3,8 +3,8 @@
 Engine(graph) runs the sessions of one canonical model: a forward session (score and, optionally,
 layer activations) and gradient sessions keyed by (layers, rule set, target kind, input gradient,
 top-class seed). Inputs larger than the batch size run in chunks; a model that cannot take a batch runs
-one sample at a time. Sessions live in a process-wide table keyed like the disk cache of augmented
-graphs (cache.py) plus the providers, so every Engine of the same model shares them.
+one sample at a time. Sessions live in the process-wide byte-budgeted LRU (cache.MEMORY) keyed like the
+disk cache of augmented graphs plus the providers, so every Engine of the same model shares them.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from .errors import InputError, OnnxsalError
 from .graph.model import ModelGraph
 
 UNBATCHABLE = "the model does not run with a batch larger than 1; running one sample at a time"
-_SESSIONS: dict = {}  # (cache entry key, providers) -> _Runner, shared by every Engine of the process
-MAX_SESSIONS = 16
 # Bytes of activations a batch may hold (forward + backward), on the CPU. Small on purpose: on a 2-core EPYC the
 # per-sample gradient time of MobileNetV2 / EfficientNet-Lite0 is lowest at batch 2 and ~10% higher at 8-16
 # (the working set leaves the cache), while per-run overhead is ~0.3 ms.
@@ -93,6 +91,20 @@ def default_batch_size(graph: ModelGraph, budget: int = DEFAULT_MEMORY_BUDGET) -
     return int(max(1, min(64, budget // per_sample)))
 
 
+def _resident_bytes() -> int:
+    """Resident set size of this process in bytes (Linux), else 0."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    """float16 / bfloat16 results as float32 (double stays double: a float64 model keeps its precision)."""
+    return a.astype(np.float32) if a.dtype == np.float16 or a.dtype.name == "bfloat16" else a
+
+
 @dataclass
 class GradientOutputs:
     """Results of one gradient run over a batch (numpy, float32)."""
@@ -124,13 +136,17 @@ class _Runner:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_shapes = {o.name: o.shape for o in self.session.get_outputs()}
         self.cached_in = None  # the cache folder the graph was read from, named in run-time errors
+        self.output_types = {o.name: o.type for o in self.session.get_outputs()}
 
     def allocate(self, names: list[str], batch: int) -> list[np.ndarray] | None:
-        """float32 arrays for whole-batch outputs, or None when an output's shape is not static."""
+        """float32 arrays for whole-batch outputs, or None when an output's shape is not static or its type is
+        not float32 (a float16 layer of a mixed-precision model: run() returns it and the caller converts)."""
         arrays = []
         for name in names:
             shape = self.output_shapes.get(name)
             if shape is None or any(not isinstance(d, int) for d in shape[1:]):
+                return None
+            if self.output_types.get(name) != "tensor(float)":
                 return None
             arrays.append(np.empty((batch,) + tuple(shape[1:]), dtype=np.float32))
         return arrays
@@ -175,28 +191,32 @@ class Engine:
 
     # -- sessions
     def _runner(self, kind: str, options: tuple, build, outputs=()) -> tuple[_Runner, str]:
-        """A session for an augmented model: from the process table, else built from the (disk-cached) model.
+        """A session for an augmented model: from the process's store, else built from the (disk-cached) model.
 
-        `outputs`: names the model must have (a cache entry without them is rebuilt)."""
-        from .cache import FROM_DISK, cache_dir, cached_model, drop, entry_key
+        `outputs`: names the model must have (a cache entry without them is rebuilt); a disk entry that
+        onnxruntime refuses is rebuilt once."""
+        from . import cache
 
-        key = (entry_key(self.graph, kind, options), repr(provider_list(self.providers)))
-        if key not in _SESSIONS:
-            model, score = cached_model(self.graph, kind, options, build, outputs)
+        key = ("session", cache.entry_key(self.graph, kind, options), repr(provider_list(self.providers)))
+        found = cache.MEMORY.get(key)
+        if found is None:
+            model, score = cache.cached_model(self.graph, kind, options, build, outputs)
+            before = _resident_bytes()
             try:
                 runner = _Runner(self.graph, model, self.providers)
             except OnnxsalError:
-                if key[0] not in FROM_DISK:
+                if key[1] not in cache.FROM_DISK:
                     raise  # a graph built just now: the model's problem, not the cache's
-                drop(key[0])  # a disk entry onnxruntime refuses: rebuild it once
-                model, score = cached_model(self.graph, kind, options, build, outputs)
+                cache.drop(key[1])
+                model, score = cache.cached_model(self.graph, kind, options, build, outputs)
                 runner = _Runner(self.graph, model, self.providers)
-            if key[0] in FROM_DISK:
-                runner.cached_in = cache_dir()
-            if len(_SESSIONS) >= MAX_SESSIONS:
-                _SESSIONS.pop(next(iter(_SESSIONS)))
-            _SESSIONS[key] = (runner, score)
-        return _SESSIONS[key]
+            if key[1] in cache.FROM_DISK:
+                runner.cached_in = cache.cache_dir()
+            # what the session costs: the growth of the resident set while onnxruntime built it (its copies of
+            # the initializers, pre-packed weights, arenas), at least twice the model where that cannot be read
+            size = max(_resident_bytes() - before, 2 * model.ByteSize()) if before else 2 * model.ByteSize()
+            found = cache.MEMORY.put(key, (runner, score), size)
+        return found
 
     def forward_runner(self, target_kind: str = "logit", layers: Sequence[str] = ()) -> tuple[_Runner, str]:
         from .autodiff.augment import forward_model
@@ -251,7 +271,10 @@ class Engine:
             else:
                 for store, value in zip(parts, runner.run(names, feeds)):
                     store.append(value)
-        return whole if whole is not None else [np.concatenate(p) for p in parts]
+        if whole is not None:
+            return whole
+        # float16 / bfloat16 tensors of the graph come back as float32
+        return [_as_float32(np.concatenate(p)) for p in parts]
 
     def gradients(self, x: np.ndarray, seed: np.ndarray | None, layers: Sequence[str] = (), ruleset: str = "gradient",
                   target_kind: str = "logit", input_grad: bool = True) -> GradientOutputs:

@@ -450,7 +450,7 @@ def test_stale_temporaries_are_removed_at_start_but_live_ones_kept(work):
     from onnxsal import cache as cache_module
 
     cache_module._SWEPT.clear()
-    cache_module._MEMORY.clear()
+    cache_module.MEMORY.clear()
     result = cli(explain("cat.png", "--out", "out"), env={"ONNXSAL_CACHE_DIR": str(cache)})
     assert result.exit_code == 0, result.output
     assert not any(p.exists() for p in stale) and live.exists()
@@ -460,12 +460,10 @@ def test_stale_temporaries_are_removed_at_start_but_live_ones_kept(work):
 # -- 7. cache entries checked ---------------------------------------------------------------------------
 
 def _forget(monkeypatch):
-    from onnxsal import cache, runtime
-    from onnxsal.graph import model
+    """Nothing of earlier runs in this process: canonical graphs, augmented graphs and sessions share one store."""
+    from onnxsal import cache
 
-    monkeypatch.setattr(cache, "_MEMORY", {})
-    monkeypatch.setattr(runtime, "_SESSIONS", {})
-    monkeypatch.setattr(model, "_GRAPHS", {})
+    monkeypatch.setattr(cache, "MEMORY", cache.ByteLRU())
 
 
 def test_cache_entry_of_another_key_is_rebuilt(work, monkeypatch):

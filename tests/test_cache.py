@@ -22,12 +22,7 @@ def zoo_path():
 
 def forget(monkeypatch):
     """Drop every in-process cache: the next use must come from disk or be rebuilt."""
-    from onnxsal import runtime
-    from onnxsal.graph import model
-
-    monkeypatch.setattr(cache, "_MEMORY", {})
-    monkeypatch.setattr(runtime, "_SESSIONS", {})
-    monkeypatch.setattr(model, "_GRAPHS", {})
+    monkeypatch.setattr(cache, "MEMORY", cache.ByteLRU())
 
 
 @pytest.fixture()

@@ -95,7 +95,18 @@ def test_batch_one_export_runs_batched_after_reshape_rewrite():
     assert Engine(graph).batch_size > 1
 
 
-def test_unbatchable_export_falls_back_to_one_sample_at_a_time():
+@pytest.fixture
+def no_rebatching(monkeypatch):
+    """Canonicalize without the pass that re-batches baked batch sizes: the ViT export stays unbatchable."""
+    from onnxsal import cache
+    from onnxsal.graph import canonicalize
+
+    monkeypatch.setattr(canonicalize, "rebatch_baked_batch", lambda model, *args: model)
+    monkeypatch.setattr(cache, "MEMORY", cache.ByteLRU())
+    monkeypatch.setenv("ONNXSAL_CACHE", "0")
+
+
+def test_unbatchable_export_falls_back_to_one_sample_at_a_time(no_rebatching):
     model, data = exported("vit", "torchscript")  # attention reshapes bake batch * heads
     with pytest.warns(UserWarning, match="one sample at a time"):
         graph, _, out = ours(data)
@@ -104,7 +115,7 @@ def test_unbatchable_export_falls_back_to_one_sample_at_a_time():
     assert_close(out.input_grad, gx, "input gradient")
 
 
-def test_batch_probe_of_an_unbatchable_export_prints_nothing(capfd):
+def test_batch_probe_of_an_unbatchable_export_prints_nothing(capfd, no_rebatching):
     _, data = exported("vit", "torchscript")
     graph = load_model(data)
     graph.batchable = None  # probe again, even if an earlier test already did

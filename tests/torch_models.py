@@ -286,7 +286,7 @@ class ViT(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, CLASSES)
-        self.feature = self.patch
+        self.feature = self.ln1  # tokens [N, 1 + 4*4, dim] into the last attention: what `auto` picks for CAMs
 
     def forward(self, x):
         x = self.patch(x).flatten(2).transpose(1, 2)

@@ -101,6 +101,8 @@ def _top_seed(model: onnx.ModelProto, score: str, axis: int, rank: int) -> str:
         nodes.append(helper.make_node("Expand", [seed, f"{p}/shape"], [f"{p}/seed"], name=f"{p}/seed"))
         seed = f"{p}/seed"
     model.graph.node.extend(nodes)
+    # the seed's type and rank, for the backward driver's type inference (it flows into every rule)
+    model.graph.value_info.append(helper.make_tensor_value_info(seed, dtypes.get(score, onnx.TensorProto.FLOAT), [None] * rank))
     return seed
 
 

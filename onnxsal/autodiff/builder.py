@@ -16,9 +16,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import LayerError, UnsupportedOpError
-from ..graph.utils import FLOAT_TYPES, attribute, constants, default_opset, node_label, tensor_types
+from ..errors import LayerError, OnnxsalError, UnsupportedOpError
+from ..graph.utils import (
+    FLOAT_TYPES,
+    attribute,
+    constants,
+    default_opset,
+    node_label,
+    tensor_types,
+    value_info_shape,
+)
 from . import registry
+
+
+class InternalRuleError(Exception):
+    """A rule emitted something wrong; the driver turns it into an error naming the node."""
 
 
 def _np_dtype(elem_type: int):
@@ -52,29 +64,42 @@ class Emitter:
     def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", **attrs):
         names = [self.fresh(op_type) for _ in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], domain=domain, **attrs))
-        elem = self._output_type(op_type, inputs, attrs)
-        if elem is not None:
-            for name in names:
-                self.dtypes[name] = elem
+        node = helper.make_node(op_type, list(inputs), names, name=names[0], domain=domain, **attrs)
+        self.nodes.append(node)
+        self._infer(node)
         return names[0] if outputs == 1 else names
 
-    def _output_type(self, op_type: str, inputs, attrs) -> int | None:
-        """Element type of an emitted node's outputs (what later constants `like` it must match)."""
-        if op_type in ("Shape", "NonZero"):
-            return TensorProto.INT64
-        if op_type in ("Equal", "Greater", "Less", "And", "Or", "Not", "GreaterOrEqual", "LessOrEqual"):
-            return TensorProto.BOOL
-        if op_type == "Cast":
-            return attrs["to"]
-        if op_type == "ConstantOfShape":
-            return attrs["value"].data_type
-        if op_type == "Where":
-            inputs = inputs[1:]
-        if op_type in ("ScatterElements", "Expand", "Reshape", "Slice", "Pad", "Split", "Concat", "Transpose",
-                       "ReduceSum", "Unsqueeze", "Squeeze", "Gather"):
-            inputs = inputs[:1]
-        return next((self.dtypes[i] for i in inputs if i in self.dtypes), None)
+    def _infer(self, node: onnx.NodeProto) -> None:
+        """Element type (and shape, where onnx can tell) of an emitted node's outputs, by onnx's own type
+        inference of that one node; the types later rules and constants `like` these outputs depend on."""
+        types, data = {}, {}
+        for name in node.input:
+            if name and name in self.dtypes:
+                shape = self.shapes.get(name)
+                types[name] = helper.make_tensor_type_proto(self.dtypes[name], None if shape is None else list(shape))
+                value = self.consts.get(name)
+                if value is not None and value.dtype.kind in "iu" and value.size <= 64:
+                    data[name] = numpy_helper.from_array(np.asarray(value))
+        try:
+            schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
+            inferred = onnx.shape_inference.infer_node_outputs(schema, node, types, data or None)
+        except Exception as exc:  # noqa: BLE001 - onnx raises several types
+            if all(not name or name in types for name in node.input):
+                line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InternalRuleError(f"emitted an invalid {node.op_type} node ({line})") from None
+            # an input of unknown type (a forward tensor shape inference did not reach): its first typed input's
+            known = next((self.dtypes[n] for n in node.input if n in self.dtypes), None)
+            if known is not None:
+                for name in node.output:
+                    self.dtypes.setdefault(name, known)
+            return
+        for name in node.output:
+            t = inferred.get(name)
+            if t is None or not t.HasField("tensor_type") or not t.tensor_type.elem_type:
+                continue
+            self.dtypes[name] = t.tensor_type.elem_type
+            if t.tensor_type.HasField("shape"):
+                self.shapes[name] = value_info_shape(helper.make_value_info(name, t))
 
     def constant(self, value, dtype=None, like: str | None = None) -> str:
         if like is not None:
@@ -146,6 +171,20 @@ class RuleContext:
             )
         return shape
 
+    def dims(self, name: str, axes) -> list[int]:
+        """Static sizes of `name` on `axes` only (a rule asks for no more than it needs); raises naming the axis
+        when shape inference left one unknown (e.g. the batch axis, wherever it sits)."""
+        shape = self.shape(name)
+        rank = self.rank(name)
+        axes = [int(a) % rank for a in axes]
+        unknown = [a for a in axes if shape[a] is None]
+        if unknown:
+            raise UnsupportedOpError(
+                f"{node_label(self.node)}: needs the size of axis {unknown[0]} of {name!r}, which is not static "
+                "(the batch axis, or a size shape inference could not derive)"
+            )
+        return [int(shape[a]) for a in axes]
+
     def const(self, name: str) -> np.ndarray | None:
         return self.e.consts.get(name) if name else None
 
@@ -157,6 +196,11 @@ class RuleContext:
 
     def np_dtype(self, name: str):
         return _np_dtype(self.e.dtypes.get(name, TensorProto.FLOAT))
+
+    def data_grad(self, dx: str | None) -> list:
+        """[dx, None, ...]: the gradient of input 0 only; the node's other inputs (weights, shapes, axes,
+        indices) get none, as no weight gradient is ever built."""
+        return [dx] + [None] * (len(self.node.input) - 1)
 
     # -- emitting
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs):
@@ -205,9 +249,6 @@ class RuleContext:
     def scale(self, x: str, factor: float) -> str:
         return self.op("Mul", x, self.constant(factor, like=x))
 
-    def unbroadcast(self, grad: str, like: str, shaped_as: str | None = None) -> str:
-        """Sum `grad` (shaped like `shaped_as`, default the node's output) over the axes `like` was broadcast on."""
-        return self.sum_to(grad, self.shape(shaped_as or self.y(0)), self.shape(like), like)
 
     def sum_to(self, grad: str, out_shape: tuple | None, in_shape: tuple | None, like: str) -> str:
         """Sum `grad` of shape out_shape down to in_shape (numpy broadcasting in reverse); `like` has in_shape."""
@@ -264,6 +305,10 @@ def _active_tensors(nodes, wrt: Sequence[str], dtypes: dict) -> set[str]:
     return active
 
 
+def _op_name(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
 def missing_rules(model: onnx.ModelProto, output: str, wrt: Sequence[str], ruleset: str = "gradient"):
     """[(op_type, node label)] for nodes on the gradient path that have no rule."""
     dtypes, _ = tensor_types(model)
@@ -272,8 +317,147 @@ def missing_rules(model: onnx.ModelProto, output: str, wrt: Sequence[str], rules
     out = []
     for node in reversed(path):
         if node.domain not in ("", "ai.onnx") or registry.lookup(ruleset, node.op_type) is None:
-            out.append((node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}", node_label(node)))
+            out.append((_op_name(node), node_label(node)))
     return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _run_rule(rule, ctx: RuleContext) -> list:
+    """The rule's gradients, checked: one tensor name or None per node input, each typed like its input.
+
+    Every failure becomes an UnsupportedOpError (or the OnnxsalError the rule raised) whose one-line
+    message names the node and its op type.
+    """
+    node, e = ctx.node, ctx.e
+    label = node_label(node)
+    try:
+        results = rule(ctx)
+    except OnnxsalError as exc:
+        message = _first_line(exc)
+        raise type(exc)(message if label in message else f"{label}: {message}") from None
+    except InternalRuleError as exc:
+        raise UnsupportedOpError(f"{label}: its backward rule {exc}; please report this with the model") from None
+    except Exception as exc:  # noqa: BLE001 - a bug in a rule must still name the node
+        raise UnsupportedOpError(
+            f"{label}: its backward rule failed ({type(exc).__name__}: {_first_line(exc)}); please report this with the model"
+        ) from None
+    if not isinstance(results, (list, tuple)) or len(results) != len(node.input):
+        got = f"{len(results)} gradients" if isinstance(results, (list, tuple)) else type(results).__name__
+        raise UnsupportedOpError(
+            f"{label}: its backward rule returned {got} for {len(node.input)} inputs (one gradient or None per input); "
+            "please report this"
+        )
+    results = list(results)
+    for i, g in enumerate(results):
+        if g is None or not ctx.needs(i):
+            continue
+        if not isinstance(g, str) or g not in e.dtypes:
+            raise UnsupportedOpError(f"{label}: its backward rule returned {g!r} for input {i}, not a tensor it emitted; please report this")
+        want, got = e.dtypes.get(node.input[i]), e.dtypes.get(g)
+        if want is not None and got != want:
+            raise UnsupportedOpError(
+                f"{label}: the gradient of input {i} is {TensorProto.DataType.Name(got)}, the input is "
+                f"{TensorProto.DataType.Name(want)}; please report this"
+            )
+        results[i] = _reduce_broadcast(ctx, g, node.input[i], label, i)
+    return results
+
+
+def _reduce_broadcast(ctx: RuleContext, g: str, x: str, label: str, i: int) -> str:
+    """g summed over the axes x was broadcast along, for ops that broadcast (their rules return gradients
+    shaped like the node's output); a gradient whose known shape cannot be x's is a rule bug.
+
+    Where shape inference knows which axes differ, the sum is static; where it does not (an unknown size
+    against a size-1 axis of x, or unknown ranks), it is computed at run time."""
+    gshape, xshape = ctx.e.shapes.get(g), ctx.e.shapes.get(x)
+    broadcasting = ctx.node.op_type in BROADCASTING_OPS
+    if gshape is None or xshape is None:
+        return ctx._unbroadcast_dynamic(g, x) if broadcasting else g
+    gshape, xshape = tuple(gshape), tuple(xshape)
+    lead = len(gshape) - len(xshape)
+    aligned = list(zip(xshape, gshape[max(lead, 0):]))
+    if lead < 0 or (lead > 0 and not broadcasting) or any(
+            d is not None and o is not None and d != o and not (d == 1 and broadcasting) for d, o in aligned):
+        raise UnsupportedOpError(
+            f"{label}: its backward rule returned a gradient shaped {list(gshape)} for input {i} shaped "
+            f"{list(xshape)}; please report this"
+        )
+    if not broadcasting or (lead == 0 and all(d == o or d is None for d, o in aligned)):
+        return g
+    if any(d == 1 and o is None for d, o in aligned):
+        return ctx._unbroadcast_dynamic(g, x)
+    return ctx.sum_to(g, gshape, xshape, x)
+
+
+# ops whose inputs broadcast against each other (numpy rules): their gradients are reduced by the driver
+BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Mean", "Max", "Min", "Where", "Expand",
+                              "PRelu", "Gemm"})
+
+
+def _differentiate(emitter: Emitter, nodes, output: str, wrt: Sequence[str], ruleset: str, seed_name: str,
+                   errors: list | None = None) -> dict[str, list[str]]:
+    """Emit the backward nodes; returns the gradient parts of every tensor reached, by tensor name.
+
+    With `errors` (a list), a node that cannot be differentiated is recorded there as (op type, node label,
+    reason) and passes zeros on instead of raising: a dry run that finds every such node.
+    """
+    active = _active_tensors(nodes, wrt, emitter.dtypes)
+    path, needed = _needed_nodes(nodes, output, active)
+    grads: dict[str, list[str]] = {output: [seed_name]}
+
+    def accumulated(t: str) -> str | None:
+        parts = grads.get(t)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            grads[t] = [emitter.op("Sum", *parts)]
+        return grads[t][0]
+
+    for node in path:
+        grads_out = [accumulated(o) if o else None for o in node.output]
+        if all(g is None for g in grads_out):
+            continue
+        rule = registry.lookup(ruleset, node.op_type) if node.domain in ("", "ai.onnx") else None
+        try:
+            if rule is None:
+                raise UnsupportedOpError(f"{node_label(node)}: no backward rule for {_op_name(node)}")
+            needs = [bool(i) and i in active and i in needed for i in node.input]
+            results = _run_rule(rule, RuleContext(emitter, node, grads_out, needs))
+        except OnnxsalError as exc:
+            if errors is None:
+                raise
+            errors.append((_op_name(node), node_label(node), str(exc)))
+            # a stand-in gradient (zeros) flows on, so that the nodes before this one are checked too
+            stand_in = RuleContext(emitter, node, grads_out, [])
+            needs = [bool(i) and i in active and i in needed for i in node.input]
+            results = [stand_in.zeros_like(i) if need else None for i, need in zip(node.input, needs)]
+        for i, g in enumerate(results):
+            if g is not None and needs[i]:
+                grads.setdefault(node.input[i], []).append(g)
+    for t in grads:
+        accumulated(t)
+    return grads
+
+
+def dry_run(model: onnx.ModelProto, output: str, wrt: Sequence[str], ruleset: str = "gradient") -> list[tuple[str, str, str]]:
+    """[(op type, node label, why)] for every node on the gradient path that cannot be differentiated.
+
+    Runs every rule as the real build does, on copies of the nodes only (the weights are read, never
+    copied), and keeps going past failures.
+    """
+    emitter = Emitter(model)
+    nodes = [copy.deepcopy(n) for n in model.graph.node]  # rules may add optional outputs to their node
+    if output not in emitter.dtypes:
+        raise LayerError(f"unknown output tensor {output!r}")
+    seed = emitter.fresh("seed")
+    emitter.dtypes[seed], emitter.shapes[seed] = emitter.dtypes[output], emitter.shapes.get(output)
+    errors: list = []
+    _differentiate(emitter, nodes, output, wrt, ruleset, seed, errors)
+    return errors
 
 
 def build_gradient_model(
@@ -300,8 +484,7 @@ def build_gradient_model(
     if output not in dtypes:
         raise LayerError(f"unknown output tensor {output!r}")
     nodes = list(graph.node)
-    active = _active_tensors(nodes, wrt, dtypes)
-    path, needed = _needed_nodes(nodes, output, active)
+    _, needed = _needed_nodes(nodes, output, _active_tensors(nodes, wrt, dtypes))
     for t in wrt:
         if t not in dtypes:
             raise LayerError(f"unknown tensor {t!r}: not an input or a tensor of the graph")
@@ -321,26 +504,7 @@ def build_gradient_model(
     else:
         seed_name = seed_name if seed_name not in dtypes else emitter.fresh("seed")
         dtypes[seed_name], shapes[seed_name] = dtypes[output], shapes.get(output)
-    grads: dict[str, list[str]] = {output: [seed_name]}
-
-    def accumulated(t: str) -> str | None:
-        parts = grads.get(t)
-        if not parts:
-            return None
-        if len(parts) > 1:
-            grads[t] = [emitter.op("Sum", *parts)]
-        return grads[t][0]
-
-    for node in path:
-        grads_out = [accumulated(o) if o else None for o in node.output]
-        if all(g is None for g in grads_out):
-            continue
-        needs = [bool(i) and i in active and i in needed for i in node.input]
-        ctx = RuleContext(emitter, node, grads_out, needs)
-        results = registry.lookup(ruleset, node.op_type)(ctx) or ()
-        for i, g in enumerate(results):
-            if g is not None and i < len(needs) and needs[i]:
-                grads.setdefault(node.input[i], []).append(g)
+    grads = _differentiate(emitter, nodes, output, wrt, ruleset, seed_name)
 
     new_outputs = []
     existing_outputs = {o.name for o in graph.output}
@@ -358,7 +522,7 @@ def build_gradient_model(
             new_outputs.append(value_info(t, t))
             existing_outputs.add(t)
     for t in wrt:
-        g = accumulated(t)
+        g = grads[t][0] if grads.get(t) else None
         if g is None:
             g = RuleContext(emitter, nodes[0] if nodes else helper.make_node("Identity", [t], [t]), [], []).zeros_like(t)
         grad_name = f"{t}_grad"

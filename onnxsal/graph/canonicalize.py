@@ -20,10 +20,11 @@ BATCH_DIM = "N"
 
 
 def upgrade_opset(model: onnx.ModelProto, min_version: int = MIN_OPSET) -> onnx.ModelProto:
-    """Convert the default domain to opset `min_version` when the model is older (onnx version converter)."""
+    """Convert the default domain to opset `min_version` when the model is older (onnx version converter),
+    then lift the IR version to what that opset needs (lift_ir_version)."""
     current = default_opset(model)
     if current >= min_version:
-        return model
+        return lift_ir_version(model)
     try:
         upgraded = version_converter.convert_version(model, min_version)
         onnx.checker.check_model(upgraded)
@@ -33,7 +34,25 @@ def upgrade_opset(model: onnx.ModelProto, min_version: int = MIN_OPSET) -> onnx.
             f"could not upgrade the model from opset {current} to {min_version} ({first_line}); "
             f"re-export it with opset {min_version} or newer"
         ) from None
-    return upgraded
+    return lift_ir_version(upgraded)
+
+
+def lift_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Raise the IR version to the one the model's opsets need, and make initializers plain constants.
+
+    IR 3 (opset <= 8) requires every initializer to be a graph input too, an invariant every later pass
+    would have to keep (a folded constant, a dropped weight). From IR 4 on, an initializer that is also a
+    graph input is only an overridable default; onnxsal never feeds one, so such inputs are removed.
+    """
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    if model.ir_version < needed:
+        model.ir_version = needed
+    inits = {i.name for i in model.graph.initializer}
+    if any(i.name in inits for i in model.graph.input):
+        kept = [i for i in model.graph.input if i.name not in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    return model
 
 
 def _rewire(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -369,3 +388,230 @@ def fold_pad_into_conv(model: onnx.ModelProto, protected: set[str] = frozenset()
         drop.add(index)
     _drop_nodes(graph, drop)
     return model
+
+
+def _probe_session(model: onnx.ModelProto, outputs: list[str]):
+    """An onnxruntime session of `model` computing `outputs` (any tensors of the graph), or None."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.node[:]
+    probe.graph.node.extend(_needed_for(model.graph, set(outputs)))  # nothing after them runs
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in outputs)
+    del probe.graph.value_info[:]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _run(session, feeds) -> list | None:
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
+    try:
+        return session.run(None, feeds, quiet)
+    except Exception:  # noqa: BLE001 - a failing batch of 2 is an answer here
+        return None
+
+
+def _stacked(value: np.ndarray, one: np.ndarray, two: np.ndarray) -> str | None:
+    """'outer' or 'inner' when value is the batch-1 results `one` and `two` joined on some axis, the batch its
+    outer factor (concatenated, as in N * heads) or its inner factor (interleaved, as in L * N); else None."""
+    if value.ndim != one.ndim:
+        return None
+    finite = np.abs(one[np.isfinite(one)]) if one.size else one
+    tol = dict(rtol=1e-4, atol=1e-5 * (float(finite.max()) + 1 if finite.size else 1), equal_nan=True)
+    for axis in range(value.ndim):
+        if value.shape[axis] == 2 * one.shape[axis] and value.shape[:axis] + value.shape[axis + 1:] == one.shape[:axis] + one.shape[axis + 1:]:
+            if np.allclose(value, np.concatenate([one, two], axis), **tol):
+                return "outer"
+            if np.allclose(value, np.stack([one, two], axis + 1).reshape(value.shape), **tol):
+                return "inner"
+    return None
+
+
+def rebatch_baked_batch(model: onnx.ModelProto, input_name: str, batch: int | None) -> onnx.ModelProto:
+    """Make a model exported with a fixed batch of 1 take any batch, where the batch was baked in off axis 0.
+
+    TorchScript exports without dynamic axes bake the batch into constants that rewrite_batch_reshapes cannot
+    see: an expanded class token folded to a [1, 1, C] constant concatenated with [N, L, C] patches, and
+    attention reshapes whose target holds N * heads or L * N ([17, 2, 8] for N = 1, 2 heads). With a batch
+    of 1 the place of N in such a target is ambiguous, so it is decided by data: the model is run per sample
+    (references) and with both samples as a batch of 2, and each Reshape target gets -1 on the one axis that
+    makes its output the two references joined along some axis. A constant with leading size 1 concatenated
+    with a batch tensor is expanded to the batch at run time. The result is kept only if the whole model
+    then gives, at batch 2, the two batch-1 outputs; otherwise the model is returned unchanged (it runs one
+    sample at a time).
+    """
+    if batch != 1:
+        return model
+    try:
+        return _rebatch(model, input_name)
+    except Exception:  # noqa: BLE001 - an optimisation of the graph, never a requirement: keep the model
+        return model
+
+
+def _rebatch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+    graph = model.graph
+    inp = next(i for i in graph.input if i.name == input_name)
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    if any(d <= 0 for d in dims[1:]):
+        return model
+    rng = np.random.default_rng(0)
+    np_type = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    x0, x1 = (rng.standard_normal([1] + dims[1:]).astype(np_type) for _ in range(2))
+    both = np.concatenate([x0, x1])
+    outputs = [o.name for o in graph.output]
+
+    def batch_ok(m) -> bool:
+        sess = _probe_session(m, outputs)
+        got = _run(sess, {input_name: both}) if sess is not None else None
+        if got is None:
+            return False
+        ones, twos = _run(sess, {input_name: x0}), _run(sess, {input_name: x1})
+        return all(_stacked(g, a, b) for g, a, b in zip(got, ones, twos))
+
+    if batch_ok(model):
+        return model
+    names = [o for n in graph.node for o in n.output if o]
+    sess = _probe_session(model, names)
+    refs = [_run(sess, {input_name: x}) for x in (x0, x1)] if sess is not None else [None]
+    if any(r is None for r in refs):
+        return model
+    ref0, ref1 = (dict(zip(names, r)) for r in refs)
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    g = work.graph
+    live = {input_name}
+    for node in g.node:
+        if any(i in live for i in node.input):
+            live.update(o for o in node.output if o)
+    # a [1, ...] constant concatenated (off axis 0) with a batch tensor: expand it to the batch at run time
+    added, known = [], constants(g)
+    for node in g.node:
+        if node.op_type != "Concat" or attribute(node, "axis", 0) in (0,) or not any(i in live for i in node.input):
+            continue
+        anchor = next(i for i in node.input if i in live)
+        for k, name in enumerate(node.input):
+            value = ref0[name] if name in ref0 else known.get(name)
+            if name in live or value is None or value.ndim < 2 or value.shape[0] != 1:
+                continue
+            out = f"{name}/per_sample/{node.name or node.output[0]}/{k}"
+            n, shape, ones = f"{out}/batch", f"{out}/shape", f"{out}/ones"
+            g.initializer.append(numpy_helper.from_array(np.ones(value.ndim - 1, np.int64), ones))
+            added.append((node, [helper.make_node("Shape", [anchor], [n], start=0, end=1),
+                                 helper.make_node("Concat", [n, ones], [shape], axis=0),
+                                 helper.make_node("Expand", [name, shape], [out])]))
+            node.input[k] = out
+    for node, new in added:  # each before its Concat
+        index = list(g.node).index(node)
+        for offset, extra in enumerate(new):
+            g.node.insert(index + offset, extra)
+
+    consts = constants(g)
+    reshapes = [n for n in g.node if n.op_type == "Reshape" and n.input[0] in live and n.input[1] in consts]
+
+    def options(node, known: dict) -> list | None:
+        """Targets under which this Reshape's output is the two references joined (None: its input is not).
+        `known` holds batch-2 values computed so far under the current choices; it is extended in place."""
+        if node.input[0] not in known:
+            known.update(_segment(work, known, node.input[0]) or {})
+        data, one = known.get(node.input[0]), ref0.get(node.input[0])
+        if data is None or one is None or not _stacked(data, one, ref1[node.input[0]]):
+            return None
+        target = consts[node.input[1]].astype(np.int64)
+        want0, want1 = ref0[node.output[0]], ref1[node.output[0]]
+        copy_zero = not attribute(node, "allowzero", 0)
+        current = [data.shape[i] if (copy_zero and t == 0 and i < data.ndim) else int(t) for i, t in enumerate(target)]
+        candidates = [current] + [[-1 if i == j else d for i, d in enumerate(want0.shape)] for j in range(want0.ndim)]
+        found = []
+        for k, candidate in enumerate(candidates):
+            try:
+                reshaped = data.reshape(candidate)
+            except ValueError:
+                continue
+            how = _stacked(reshaped, want0, want1)
+            if how:
+                if k == 0:
+                    return [None]  # already batches
+                found.append((how != "outer", candidate))
+        return [candidate for _, candidate in sorted(found, key=lambda f: f[0])]  # the batch as outer factor first
+
+    def search(i: int, known: dict) -> bool:
+        """Choose targets for reshapes[i:], backtracking when a choice makes a later reshape's input wrong."""
+        if i == len(reshapes):
+            return batch_ok(work)
+        node = reshapes[i]
+        choices = options(node, known)
+        if not choices:
+            return False
+        original = node.input[1]
+        for candidate in choices:
+            if candidate is not None:
+                name = f"{original}/rebatched/{'_'.join(str(int(c)) for c in candidate)}"
+                if name not in {t.name for t in g.initializer}:
+                    g.initializer.append(numpy_helper.from_array(np.asarray(candidate, np.int64), name))
+                node.input[1] = name
+            # values downstream of this reshape depend on the choice: later levels work on a copy
+            if search(i + 1, {k: v for k, v in known.items() if k not in after[node.output[0]]}):
+                return True
+            node.input[1] = original
+        return False
+
+    # tensors computed from each reshape's output (invalidated when its target changes)
+    after = {}
+    for r in reshapes:
+        reached = {r.output[0]}
+        for n in g.node:
+            if any(t in reached for t in n.input):
+                reached.update(o for o in n.output if o)
+        after[r.output[0]] = reached
+    return remove_dead_nodes(work) if search(0, {input_name: both}) else model
+
+
+def _segment(model: onnx.ModelProto, known: dict, target: str) -> dict | None:
+    """Values of `target` and every tensor computed on the way, running only the nodes between the tensors
+    in `known` (fed as inputs) and `target`; None when onnxruntime fails."""
+    import onnxruntime as ort
+
+    graph = model.graph
+    made = producers(graph)
+    inits = {i.name: i for i in graph.initializer}
+    nodes, wanted, seen = [], [target], set()
+    while wanted:
+        name = wanted.pop()
+        if name in seen or name in known or name in inits or name not in made:
+            continue
+        seen.add(name)
+        node = made[name]
+        nodes.append(node)
+        wanted.extend(i for i in node.input if i)
+    order = {id(n): k for k, n in enumerate(graph.node)}
+    nodes = sorted({id(n): n for n in nodes}.values(), key=lambda n: order[id(n)])
+    used = {i for n in nodes for i in n.input if i}
+    feeds = {name: known[name] for name in used if name in known}
+    outputs = [o for n in nodes for o in n.output if o]
+    sub = helper.make_graph(
+        nodes, "segment",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
+        [helper.make_empty_tensor_value_info(o) for o in outputs],
+        [inits[name] for name in used if name in inits],
+    )
+    probe = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001
+        return None
+    got = _run(sess, feeds)
+    return None if got is None else dict(zip(outputs, got))

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from .. import cache
 from ..errors import ModelError
 from . import canonicalize as canon
 from .head import Head, choose_output, detect_head, refine_class_axis
@@ -217,7 +218,6 @@ def detect_layout(proto: onnx.ModelProto, input_name: str, shape: tuple) -> str:
     return "NCHW"
 
 
-_GRAPHS: dict = {}  # canonical graphs of this process, by (digest, options)
 
 
 def load_model(
@@ -235,12 +235,12 @@ def load_model(
     """
     proto, data, _ = read_model(model)
     digest = model_digest(proto, data)
-    key = (digest, input_name, output_name, tuple(input_shape) if input_shape else None, tuple(protected))
-    if key not in _GRAPHS:
-        if len(_GRAPHS) >= 8:
-            _GRAPHS.pop(next(iter(_GRAPHS)))
-        _GRAPHS[key] = _canonical(proto, data, digest, input_name, output_name, input_shape, protected)
-    return _GRAPHS[key]
+    key = ("graph", digest, input_name, output_name, tuple(input_shape) if input_shape else None, tuple(protected))
+    found = cache.MEMORY.get(key)
+    if found is None:
+        found = _canonical(proto, data, digest, input_name, output_name, input_shape, protected)
+        cache.MEMORY.put(key, found, found.model.ByteSize())
+    return found
 
 
 def _canonical(proto, data, digest, input_name, output_name, input_shape, protected) -> ModelGraph:
@@ -268,6 +268,7 @@ def _canonical(proto, data, digest, input_name, output_name, input_shape, protec
     proto = canon.rewrite_batch_reshapes(proto, export_batch)
     proto = canon.fold_constants(proto, input_name)
     proto = canon.rewrite_batch_reshapes(proto, export_batch)
+    proto = canon.rebatch_baked_batch(proto, input_name, export_batch)
     proto = canon.fold_batchnorm(proto, protected=set(protected))
     proto = canon.fold_pad_into_conv(proto, protected=set(protected))
     # declared shapes of outputs are re-derived: clear stale value_info so inference is consistent

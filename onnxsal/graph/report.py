@@ -1,4 +1,5 @@
-"""What `onnxsal inspect` reports about a model: inputs, outputs, layers and rule coverage."""
+"""What `onnxsal inspect` reports about a model: inputs, outputs, layers, and every node of the gradient path
+that cannot be differentiated and why (a dry run of the backward build)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import Counter
 import onnx
 from onnx import TensorProto
 
-from ..autodiff.builder import _active_tensors, _needed_nodes, missing_rules
+from ..autodiff.builder import _active_tensors, _needed_nodes, dry_run
 from ..autodiff.registry import rulesets
 from .layers import candidate_layers, select_layer
 from .model import ModelGraph
@@ -48,7 +49,9 @@ def inspect_model(graph: ModelGraph, original: onnx.ModelProto | None = None) ->
     except Exception:  # noqa: BLE001 - a model without feature maps still has a report
         auto = None
     report["layers"] = [{"tensor": layer.tensor, "node": layer.node, "op": layer.op_type, "shape": _dims(layer.shape),
-                         "layout": layer.layout, "auto": layer.tensor == auto} for layer in layers]
+                         "layout": layer.layout, "auto": layer.tensor == auto,
+                         **({"tokens": layer.tokens, "grid": list(layer.grid)} if layer.layout == "NLC" else {})}
+                        for layer in layers]
     dtypes, _ = tensor_types(graph.model)
     nodes = list(graph.graph.node)
     path, _ = _needed_nodes(nodes, graph.logits_name, _active_tensors(nodes, [graph.input_name], dtypes))
@@ -60,10 +63,12 @@ def inspect_model(graph: ModelGraph, original: onnx.ModelProto | None = None) ->
             f"the graph selects boxes with {', '.join(sorted({n.op_type for n in selection}))} (node {selection[0].name or '?'}); "
             f"that step has no gradient: explain a tensor before it with --output-name (e.g. {', '.join(before[:2])}) "
             "and decode it with --box/--decoder")
-    report["missing_rules"] = {
-        name: [{"op": op, "node": label} for op, label in missing_rules(graph.model, graph.logits_name, [graph.input_name], name)]
-        for name in rulesets()
-    }
+    # every rule on the path is run as the real build runs it (weights read, not copied): a node is listed when
+    # it has no rule or its rule refuses this form of it (run-time sizes it cannot handle, unsupported attributes)
+    failures = [{"op": op, "node": label, "why": why}
+                for op, label, why in dry_run(graph.model, graph.logits_name, [graph.input_name], "gradient")]
+    # the other rule sets change only ReLU-like ops and fall back to these rules for every other op
+    report["missing_rules"] = {name: failures for name in rulesets()}
     return report
 
 
@@ -87,24 +92,29 @@ def format_report(report: dict, source: str, all_layers: bool = False) -> str:
         lines.append(f"note: {line}")
     lines.append("")
     layers = report["layers"]
-    lines.append(f"layers  ({len(layers)} rank-4 feature maps; * = auto, the default for CAM methods)")
+    lines.append(f"layers  ({len(layers)} feature maps and token sequences; * = auto, the default for CAM methods)")
     if not all_layers and len(layers) > 12:
-        lines.append(f"    ... {len(layers) - 12} earlier layers (--all-layers lists them)")
+        hidden = [layer for layer in layers[:-12] if layer["auto"]]
+        lines.append(f"    ... {len(layers) - 12} earlier layers (--all-layers lists them)"
+                     + (f"; auto is {hidden[0]['tensor']} [{hidden[0]['shape']}] {hidden[0]['layout']}" if hidden else ""))
         layers = layers[-12:]
     for layer in layers:
         mark = "*" if layer["auto"] else " "
-        lines.append(f"  {mark} {layer['tensor']}  [{layer['shape']}] {layer['layout'] or ''}  ({layer['op']})")
+        grid = f" {layer['tokens']} + {layer['grid'][0]}x{layer['grid'][1]} tokens" if "grid" in layer else ""
+        lines.append(f"  {mark} {layer['tensor']}  [{layer['shape']}] {layer['layout'] or ''}{grid}  ({layer['op']})")
     lines.append("")
     path = report["gradient_path"]
     ops = ", ".join(f"{op} x{n}" for op, n in path["ops"].items())
     lines.append(f"gradient path  {path['nodes']} nodes: {ops}")
     missing = report["missing_rules"]["gradient"]
     if missing:
-        lines.append(f"no backward rule for {len(missing)} node(s) on the path: the model cannot be explained yet")
+        lines.append(f"{len(missing)} node(s) on the path cannot be differentiated: the model cannot be explained yet")
         for m in missing[:20]:
-            lines.append(f"  {m['op']}  at {m['node']}")
+            lines.append(f"  {m['why']}")
+        if len(missing) > 20:
+            lines.append(f"  ... and {len(missing) - 20} more (--json lists them all)")
     else:
-        lines.append("every op on the gradient path has a rule (rule sets: " + ", ".join(report["missing_rules"]) + ")")
+        lines.append("every op on the gradient path has a rule, and every rule builds (a dry run; rule sets: " + ", ".join(report["missing_rules"]) + ")")
     for note in report["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -76,9 +76,33 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values of initializers and Constant-node outputs, by tensor name."""
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+class Constants(dict):
+    """Values of initializers and Constant-node outputs, by tensor name, converted to numpy on first use.
+
+    A dict whose values start as TensorProtos (or arrays) and are replaced by arrays when read, so that a
+    model's weights are not copied until a rule or pass actually needs one of them.
+    """
+
+    def __getitem__(self, name):
+        value = super().__getitem__(name)
+        if isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+            super().__setitem__(name, value)
+        return value
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+    def values(self):
+        return [self[k] for k in self]
+
+    def items(self):
+        return [(k, self[k]) for k in self]
+
+
+def constants(graph: onnx.GraphProto) -> Constants:
+    """Values of initializers and Constant-node outputs, by tensor name (lazily converted; see Constants)."""
+    values = Constants((init.name, init) for init in graph.initializer)
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             value = constant_node_value(node)

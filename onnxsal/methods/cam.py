@@ -38,9 +38,8 @@ class CamMethod(Method):
         else:
             scores, acts = self.ex.engine.forward(x, self.ex.target_kind, layers=[layer.tensor])
             a, g = acts[layer.tensor], None
-        layout = layer.layout or "NCHW"
-        a = to_nchw(a, layout)
-        g = None if g is None else to_nchw(g, layout)
+        a = layer.as_nchw(a)  # token sequences fold to their patch grid
+        g = None if g is None else layer.as_nchw(g)
         weights = np.ascontiguousarray(self.cam_weights(a, g, seeds), dtype=np.float32)
         return _kernels().weighted_sum(weights, a, bool(self.options["relu"])), scores
 

@@ -73,14 +73,14 @@ RELU_LIKE_BACKWARD = {
 
 @rule(*RELU_LIKE_BACKWARD)
 def relu_like(ctx):
-    return [RELU_LIKE_BACKWARD[ctx.node.op_type](ctx, ctx.dy())]
+    return ctx.data_grad(RELU_LIKE_BACKWARD[ctx.node.op_type](ctx, ctx.dy()))
 
 
 @rule("Elu")
 def elu(ctx):
     # x > 0: dy; else dy * (y + alpha)
     alpha = ctx.constant(ctx.attr("alpha", 1.0), like=ctx.x())
-    return [_where_positive(ctx, ctx.dy(), ctx.mul(ctx.dy(), ctx.op("Add", ctx.y(), alpha)))]
+    return ctx.data_grad(_where_positive(ctx, ctx.dy(), ctx.mul(ctx.dy(), ctx.op("Add", ctx.y(), alpha))))
 
 
 @rule("Selu")
@@ -89,14 +89,14 @@ def selu(ctx):
     alpha, gamma = ctx.attr("alpha", 1.67326319217681884765625), ctx.attr("gamma", 1.05070102214813232421875)
     dy = ctx.dy()
     neg = ctx.mul(dy, ctx.op("Add", ctx.y(), ctx.constant(alpha * gamma, like=ctx.x())))
-    return [_where_positive(ctx, ctx.scale(dy, gamma), neg)]
+    return ctx.data_grad(_where_positive(ctx, ctx.scale(dy, gamma), neg))
 
 
 @rule("Celu")
 def celu(ctx):
     # x > 0: dy; else dy * exp(x / alpha)
     alpha = ctx.attr("alpha", 1.0)
-    return [_where_positive(ctx, ctx.dy(), ctx.mul(ctx.dy(), ctx.op("Exp", ctx.scale(ctx.x(), 1.0 / alpha))))]
+    return ctx.data_grad(_where_positive(ctx, ctx.dy(), ctx.mul(ctx.dy(), ctx.op("Exp", ctx.scale(ctx.x(), 1.0 / alpha)))))
 
 
 @rule("Sigmoid")
@@ -104,14 +104,14 @@ def sigmoid(ctx):
     # dy * y * (1 - y)
     y = ctx.y()
     one_minus = ctx.op("Sub", ctx.constant(1.0, like=y), y)
-    return [ctx.mul(ctx.dy(), ctx.mul(y, one_minus))]
+    return ctx.data_grad(ctx.mul(ctx.dy(), ctx.mul(y, one_minus)))
 
 
 @rule("Tanh")
 def tanh(ctx):
     # dy * (1 - y^2)
     y = ctx.y()
-    return [ctx.mul(ctx.dy(), ctx.op("Sub", ctx.constant(1.0, like=y), ctx.mul(y, y)))]
+    return ctx.data_grad(ctx.mul(ctx.dy(), ctx.op("Sub", ctx.constant(1.0, like=y), ctx.mul(y, y))))
 
 
 @rule("HardSigmoid")
@@ -121,7 +121,7 @@ def hard_sigmoid(ctx):
     x = ctx.x()
     z = ctx.op("Add", ctx.scale(x, alpha), ctx.constant(beta, like=x))
     inside = ctx.op("And", ctx.op("Greater", z, ctx.constant(0.0, like=x)), ctx.op("Less", z, ctx.constant(1.0, like=x)))
-    return [ctx.masked(ctx.scale(ctx.dy(), alpha), inside)]
+    return ctx.data_grad(ctx.masked(ctx.scale(ctx.dy(), alpha), inside))
 
 
 @rule("HardSwish")
@@ -131,19 +131,19 @@ def hard_swish(ctx):
     middle = ctx.op("Add", ctx.scale(x, 1.0 / 3.0), ctx.constant(0.5, like=x))
     slope = ctx.op("Where", ctx.op("Greater", x, ctx.constant(3.0, like=x)), ctx.constant(1.0, like=x),
                    ctx.op("Where", ctx.op("Less", x, ctx.constant(-3.0, like=x)), ctx.constant(0.0, like=x), middle))
-    return [ctx.mul(ctx.dy(), slope)]
+    return ctx.data_grad(ctx.mul(ctx.dy(), slope))
 
 
 @rule("Softplus")
 def softplus(ctx):
-    return [ctx.mul(ctx.dy(), ctx.op("Sigmoid", ctx.x()))]
+    return ctx.data_grad(ctx.mul(ctx.dy(), ctx.op("Sigmoid", ctx.x())))
 
 
 @rule("Softsign")
 def softsign(ctx):
     # dy / (1 + |x|)^2
     d = ctx.op("Add", ctx.constant(1.0, like=ctx.x()), ctx.op("Abs", ctx.x()))
-    return [ctx.op("Div", ctx.dy(), ctx.mul(d, d))]
+    return ctx.data_grad(ctx.op("Div", ctx.dy(), ctx.mul(d, d)))
 
 
 @rule("Gelu")
@@ -164,7 +164,7 @@ def gelu(ctx):
         cdf = ctx.scale(ctx.op("Add", ctx.constant(1.0, like=x), ctx.op("Erf", ctx.scale(x, 1.0 / math.sqrt(2.0)))), 0.5)
         pdf = ctx.scale(ctx.op("Exp", ctx.scale(ctx.mul(x, x), -0.5)), 1.0 / math.sqrt(2.0 * math.pi))
         slope = ctx.op("Add", cdf, ctx.mul(x, pdf))
-    return [ctx.mul(ctx.dy(), slope)]
+    return ctx.data_grad(ctx.mul(ctx.dy(), slope))
 
 
 @rule("Mish")
@@ -174,4 +174,4 @@ def mish(ctx):
     t = ctx.op("Tanh", ctx.op("Softplus", x))
     sech2 = ctx.op("Sub", ctx.constant(1.0, like=x), ctx.mul(t, t))
     slope = ctx.op("Add", t, ctx.mul(x, ctx.mul(sech2, ctx.op("Sigmoid", x))))
-    return [ctx.mul(ctx.dy(), slope)]
+    return ctx.data_grad(ctx.mul(ctx.dy(), slope))

@@ -24,12 +24,12 @@ def guided(ctx):
     backward = RELU_LIKE_BACKWARD[ctx.node.op_type]
     dy = ctx.dy()
     if not _relu_like(ctx):
-        return [backward(ctx, dy)]
-    return [backward(ctx, ctx.op("Relu", dy))]
+        return ctx.data_grad(backward(ctx, dy))
+    return ctx.data_grad(backward(ctx, ctx.op("Relu", dy)))
 
 
 @rule(*RELU_LIKE_BACKWARD, ruleset="deconvnet")
 def deconv(ctx):
     if not _relu_like(ctx):
-        return [RELU_LIKE_BACKWARD[ctx.node.op_type](ctx, ctx.dy())]
-    return [ctx.op("Relu", ctx.dy())]
+        return ctx.data_grad(RELU_LIKE_BACKWARD[ctx.node.op_type](ctx, ctx.dy()))
+    return ctx.data_grad(ctx.op("Relu", ctx.dy()))

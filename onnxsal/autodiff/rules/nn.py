@@ -9,6 +9,7 @@ Gemm/MatMul dA = dY B^T, dB = A^T dY
 Softmax    dx = y * (dy - sum(dy * y));  LogSoftmax  dx = dy - exp(y) * sum(dy)
 LayerNormalization dx = inv * (g - mean(g) - xhat * mean(g * xhat)), g = dy * scale
 Resize     dx = M_a^T applied along each resized axis a, M_a the op's own interpolation matrix
+Einsum     dx_i = einsum(o, s_j (j != i) -> s_i)(dy, x_j ..), expanded over letters only s_i has
 """
 
 from __future__ import annotations
@@ -106,12 +107,12 @@ def conv(ctx):
     if weights is not None and all(s == 1 for s in strides) and all(r >= p for r, p in zip(reach * 2, begin + end)):
         # stride 1: dx = Conv(dy, rot180(W^T)) with pads (k-1)d - p, onnxruntime's fast convolution path
         pads = [r - p for r, p in zip(reach, begin)] + [r - p for r, p in zip(reach, end)]
-        return [ctx.op("Conv", ctx.dy(), ctx.constant(flipped_transposed(weights, group), like=w), pads=pads,
-                       dilations=dilations, group=group)]
+        return ctx.data_grad(ctx.op("Conv", ctx.dy(), ctx.constant(flipped_transposed(weights, group), like=w),
+                                    pads=pads, dilations=dilations, group=group))
     pads, out_pad, crop = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
     dx = ctx.op("ConvTranspose", ctx.dy(), w, strides=strides, dilations=dilations, pads=pads,
                 output_padding=out_pad if any(out_pad) else None, group=group)
-    return [_crop(ctx, dx, crop)]
+    return ctx.data_grad(_crop(ctx, dx, crop))
 
 
 @rule("ConvTranspose")
@@ -146,7 +147,7 @@ def conv_transpose(ctx):
     if crop:
         axes = sorted(crop)
         dy = ctx.op("Slice", dy, ctx.ints([0] * len(axes)), ctx.ints([crop[a] for a in axes]), ctx.ints(axes))
-    return [ctx.op("Conv", dy, w, strides=strides, dilations=dilations, pads=begin + ends, group=ctx.attr("group", 1))]
+    return ctx.data_grad(ctx.op("Conv", dy, w, strides=strides, dilations=dilations, pads=begin + ends, group=ctx.attr("group", 1)))
 
 
 @rule("MaxPool")
@@ -160,7 +161,7 @@ def max_pool(ctx):
     zeros = ctx.op("Reshape", ctx.zeros_like(x), flat)
     dx = ctx.op("ScatterElements", zeros, ctx.op("Reshape", indices, flat), ctx.op("Reshape", ctx.dy(), flat),
                 axis=0, reduction="add")
-    return [ctx.op("Reshape", dx, ctx.shape_of(x))]
+    return ctx.data_grad(ctx.op("Reshape", dx, ctx.shape_of(x)))
 
 
 def _pool_divisor(size, out, k, s, d, pb, pe, include_pad):
@@ -190,14 +191,14 @@ def average_pool(ctx):
     pads, out_pad, crop = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
     dx = ctx.op("ConvTranspose", scaled, ones, strides=strides, dilations=dilations, pads=pads,
                 output_padding=out_pad if any(out_pad) else None, group=channels)
-    return [_crop(ctx, dx, crop)]
+    return ctx.data_grad(_crop(ctx, dx, crop))
 
 
 @rule("GlobalAveragePool")
 def global_average_pool(ctx):
     x = ctx.x()
-    area = int(np.prod(ctx.static_shape(x, skip_batch=True)[2:]))
-    return [ctx.op("Expand", ctx.scale(ctx.dy(), 1.0 / area), ctx.shape_of(x))]
+    area = int(np.prod(ctx.dims(x, range(2, ctx.rank(x)))))
+    return ctx.data_grad(ctx.op("Expand", ctx.scale(ctx.dy(), 1.0 / area), ctx.shape_of(x)))
 
 
 @rule("GlobalMaxPool")
@@ -207,7 +208,7 @@ def global_max_pool(ctx):
     mask = ctx.op("Cast", ctx.op("Equal", x, y), to=ctx.e.dtypes[x])
     axes = list(range(2, ctx.rank(x)))
     count = ctx.reduce_sum(mask, axes, keepdims=1)
-    return [ctx.mul(mask, ctx.op("Div", ctx.dy(), count))]
+    return ctx.data_grad(ctx.mul(mask, ctx.op("Div", ctx.dy(), count)))
 
 
 @rule("BatchNormalization")
@@ -224,7 +225,7 @@ def batch_normalization(ctx):
     else:
         std = ctx.op("Sqrt", ctx.op("Add", ctx.x(4), ctx.constant(eps, like=ctx.x(4))))
         factor = ctx.op("Reshape", ctx.op("Div", ctx.x(1), std), ctx.ints(bshape))
-    return [ctx.mul(ctx.dy(), factor)]
+    return ctx.data_grad(ctx.mul(ctx.dy(), factor))
 
 
 @rule("LayerNormalization")
@@ -233,7 +234,7 @@ def layer_normalization(ctx):
     rank = ctx.rank(x)
     axis = ctx.attr("axis", -1) % rank
     axes = list(range(axis, rank))
-    n = int(np.prod(ctx.static_shape(x, skip_batch=True)[axis:]))
+    n = int(np.prod(ctx.dims(x, axes)))
     mean = lambda t: ctx.scale(ctx.reduce_sum(t, axes, keepdims=1), 1.0 / n)  # noqa: E731
     centered = ctx.op("Sub", x, mean(x))
     var = mean(ctx.mul(centered, centered))
@@ -241,7 +242,7 @@ def layer_normalization(ctx):
     xhat = ctx.mul(centered, inv)
     g = ctx.mul(dy, ctx.x(1))
     inner = ctx.op("Sub", ctx.op("Sub", g, mean(g)), ctx.mul(xhat, mean(ctx.mul(g, xhat))))
-    return [ctx.mul(inv, inner)]
+    return ctx.data_grad(ctx.mul(inv, inner))
 
 
 @rule("Gemm")
@@ -250,7 +251,7 @@ def gemm(ctx):
     a, b, dy = ctx.x(0), ctx.x(1), ctx.dy()
     alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
     ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)
-    grads = [None, None, None]
+    grads = [None] * len(ctx.node.input)
     if ctx.needs(0):
         # dA' = alpha dY B'^T
         grads[0] = (ctx.op("Gemm", b, dy, alpha=alpha, transA=tb, transB=1) if ta
@@ -260,7 +261,7 @@ def gemm(ctx):
         grads[1] = (ctx.op("Gemm", dy, a, alpha=alpha, transA=1, transB=ta) if tb
                     else ctx.op("Gemm", a, dy, alpha=alpha, transA=0 if ta else 1))
     if ctx.needs(2):
-        grads[2] = ctx.unbroadcast(ctx.scale(dy, beta), ctx.x(2))
+        grads[2] = ctx.scale(dy, beta)  # the driver sums it back to C's shape
     return grads
 
 
@@ -299,7 +300,7 @@ def softmax(ctx):
     y, dy = ctx.y(), ctx.dy()
     axis = ctx.attr("axis", -1)
     inner = ctx.reduce_sum(ctx.mul(dy, y), [axis], keepdims=1)
-    return [ctx.mul(y, ctx.op("Sub", dy, inner))]
+    return ctx.data_grad(ctx.mul(y, ctx.op("Sub", dy, inner)))
 
 
 @rule("LogSoftmax")
@@ -307,7 +308,7 @@ def log_softmax(ctx):
     y, dy = ctx.y(), ctx.dy()
     axis = ctx.attr("axis", -1)
     total = ctx.reduce_sum(dy, [axis], keepdims=1)
-    return [ctx.op("Sub", dy, ctx.mul(ctx.op("Exp", y), total))]
+    return ctx.data_grad(ctx.op("Sub", dy, ctx.mul(ctx.op("Exp", y), total)))
 
 
 _RESIZE_PROBE_ATTRS = ("mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
@@ -366,4 +367,47 @@ def resize(ctx):
             perm[axis], perm[-1] = perm[-1], perm[axis]
             moved = ctx.op("MatMul", ctx.op("Transpose", dx, perm=perm), ctx.constant(m, like=x))
             dx = ctx.op("Transpose", moved, perm=perm)
-    return [dx]
+    return ctx.data_grad(dx)
+
+
+def _einsum_terms(equation: str) -> tuple[list[str], str]:
+    """(input terms, output term) of an einsum equation; without '->' the output is every letter used once,
+    in alphabetical order, after the ellipsis (numpy's implicit mode)."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, out = equation.partition("->")
+    if not arrow:
+        letters = [c for c in lhs if c.isalpha()]
+        out = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return lhs.split(","), out
+
+
+@rule("Einsum")
+def einsum(ctx):
+    # y = einsum(s_1, .., s_n -> o): dx_i = einsum(o, s_j (j != i) -> s_i)(dy, x_j ..). Letters of s_i found
+    # nowhere else were summed in the forward: dx_i is dy's result without them, expanded back over them.
+    terms, out = _einsum_terms(ctx.attr("equation"))
+    grads = []
+    for i, term in enumerate(terms):
+        if not ctx.needs(i):
+            grads.append(None)
+            continue
+        own = term.replace("...", "")
+        others = [t for j, t in enumerate(terms) if j != i]
+        if len(set(own)) != len(own):
+            raise UnsupportedOpError(f"{node_label(ctx.node)}: a repeated subscript in {term!r} (a diagonal) has no backward rule")
+        elsewhere = out + "".join(others)
+        if "..." in term and "..." not in elsewhere:
+            raise UnsupportedOpError(f"{node_label(ctx.node)}: an ellipsis summed away in {term!r} has no backward rule")
+        lonely = [c for c in own if c not in elsewhere]
+        target = "".join(c for c in term if c not in lonely)
+        operands = [ctx.x(j) for j in range(len(terms)) if j != i]
+        dx = ctx.op("Einsum", ctx.dy(), *operands, equation=",".join([out] + others) + "->" + target)
+        if lonely:
+            lead = term.index("...") if "..." in term else len(term)
+            spread = ctx.rank(ctx.x(i)) - len(own)  # axes the ellipsis stands for
+            axes = [p if p < lead else p + spread - 3 for p, c in enumerate(term) if c in lonely]
+            dx = ctx.op("Expand", ctx.unsqueeze(dx, axes), ctx.shape_of(ctx.x(i)))
+        if "..." in term:  # ellipsis axes may have been broadcast against the other operands
+            dx = ctx.sum_to(dx, None, None, ctx.x(i))
+        grads.append(dx)
+    return grads

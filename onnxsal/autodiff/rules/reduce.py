@@ -45,54 +45,51 @@ def _broadcast_back(ctx, t: str) -> str:
 def reduce_sum(ctx):
     axes = _axes(ctx)
     if axes is None:
-        return [ctx.dy()]
-    return [_broadcast_back(ctx, _kept(ctx, ctx.dy(), axes))]
+        return ctx.data_grad(ctx.dy())
+    return ctx.data_grad(_broadcast_back(ctx, _kept(ctx, ctx.dy(), axes)))
 
 
 @rule("ReduceMean")
 def reduce_mean(ctx):
     axes = _axes(ctx)
     if axes is None:
-        return [ctx.dy()]
-    shape = ctx.shape(ctx.x(0))
-    if any(shape[a] is None for a in axes):
-        raise UnsupportedOpError(f"{node_label(ctx.node)}: averages over the batch axis, which has no static size")
-    count = int(np.prod([shape[a] for a in axes]))
-    return [_broadcast_back(ctx, _kept(ctx, ctx.scale(ctx.dy(), 1.0 / count), axes))]
+        return ctx.data_grad(ctx.dy())
+    count = int(np.prod(ctx.dims(ctx.x(0), axes)))
+    return ctx.data_grad(_broadcast_back(ctx, _kept(ctx, ctx.scale(ctx.dy(), 1.0 / count), axes)))
 
 
 @rule("ReduceMax", "ReduceMin")
 def reduce_max_min(ctx):
     axes = _axes(ctx)
     if axes is None:
-        return [ctx.dy()]
+        return ctx.data_grad(ctx.dy())
     x = ctx.x(0)
     mask = ctx.op("Cast", ctx.op("Equal", x, _kept(ctx, ctx.y(), axes)), to=ctx.e.dtypes[x])
     ties = ctx.reduce_sum(mask, axes, keepdims=1)
-    return [ctx.mul(mask, ctx.op("Div", _kept(ctx, ctx.dy(), axes), ties))]
+    return ctx.data_grad(ctx.mul(mask, ctx.op("Div", _kept(ctx, ctx.dy(), axes), ties)))
 
 
 @rule("ReduceL2")
 def reduce_l2(ctx):
     axes = _axes(ctx)
     if axes is None:
-        return [ctx.mul(ctx.dy(), ctx.op("Sign", ctx.x(0)))]
+        return ctx.data_grad(ctx.mul(ctx.dy(), ctx.op("Sign", ctx.x(0))))
     ratio = ctx.op("Div", _kept(ctx, ctx.dy(), axes), _kept(ctx, ctx.y(), axes))
-    return [ctx.mul(ctx.x(0), ratio)]
+    return ctx.data_grad(ctx.mul(ctx.x(0), ratio))
 
 
 @rule("ReduceSumSquare")
 def reduce_sum_square(ctx):
     axes = _axes(ctx)
     dy = ctx.dy() if axes is None else _kept(ctx, ctx.dy(), axes)
-    return [ctx.mul(ctx.scale(ctx.x(0), 2.0), dy)]
+    return ctx.data_grad(ctx.mul(ctx.scale(ctx.x(0), 2.0), dy))
 
 
 @rule("ReduceLogSumExp")
 def reduce_log_sum_exp(ctx):
     axes = _axes(ctx)
     if axes is None:
-        return [ctx.dy()]
+        return ctx.data_grad(ctx.dy())
     x = ctx.x(0)
     weights = ctx.op("Exp", ctx.op("Sub", x, _kept(ctx, ctx.y(), axes)))
-    return [ctx.mul(weights, _kept(ctx, ctx.dy(), axes))]
+    return ctx.data_grad(ctx.mul(weights, _kept(ctx, ctx.dy(), axes)))

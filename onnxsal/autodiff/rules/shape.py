@@ -1,9 +1,11 @@
 """Backward rules of data-movement ops: the transpose of a fixed linear map.
 
 Reshape-like ops reshape the gradient back; Transpose applies the inverse permutation; Concat splits
-and Split concatenates; Slice, Gather and Pad send each output element back to the input element it
-came from (scatter-add along an axis through a static index map, or Pad/Slice when the map is a
-contiguous range).
+and Split concatenates (sizes read at run time where shape inference has none); Slice and Pad send each
+output element back to the input element it came from (scatter-add along an axis through a static index
+map, or Pad/Slice when the map is a contiguous range). Gather, GatherElements and GatherND scatter-add
+(ScatterElements / ScatterND with reduction="add", opset >= 16) into zeros shaped like the data: exact
+for any indices, repeated or negative ones included, constant or computed at run time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..registry import rule
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(ctx):
-    return [ctx.reshape_like(ctx.dy(), ctx.x(0))]
+    return ctx.data_grad(ctx.reshape_like(ctx.dy(), ctx.x(0)))
 
 
 @rule("Transpose")
@@ -26,14 +28,11 @@ def transpose(ctx):
     perm = ctx.attr("perm", None)
     if perm is None:
         perm = list(reversed(range(ctx.rank(ctx.x()))))
-    return [ctx.op("Transpose", ctx.dy(), perm=[int(i) for i in np.argsort(perm)])]
+    return ctx.data_grad(ctx.op("Transpose", ctx.dy(), perm=[int(i) for i in np.argsort(perm)]))
 
 
 def _dim(ctx, name: str, axis: int) -> int:
-    shape = ctx.static_shape(name, skip_batch=True)
-    if shape[axis] is None:
-        raise UnsupportedOpError(f"{node_label(ctx.node)}: acts on the batch axis, which has no static size")
-    return int(shape[axis])
+    return ctx.dims(name, [axis])[0]
 
 
 def scatter_along_axis(ctx, grad: str, axis: int, index: np.ndarray, size: int, like: str) -> str:
@@ -51,6 +50,23 @@ def scatter_along_axis(ctx, grad: str, axis: int, index: np.ndarray, size: int, 
     target = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=0)
     zeros = ctx.op("ConstantOfShape", target, value=numpy_helper.from_array(np.zeros(1, dtype=ctx.np_dtype(like))))
     return ctx.op("ScatterElements", zeros, idx, grad, axis=axis, reduction="add")
+
+
+def _pad_axis_dynamic(ctx, grad: str, rank: int, axis: int, start: int, end: int, size: str) -> str:
+    """Pad grad back to `size` (a run-time [1] tensor) along axis for y = x[start:end] (step 1):
+    b = clamp(start, 0, size) (counted from the end when negative), e = max(clamp(end, 0, size), b);
+    pads b before and size - e after."""
+
+    def clamp(bound: int) -> str:
+        if bound >= 0:
+            return ctx.op("Min", ctx.ints([bound]), size)
+        return ctx.op("Max", ctx.op("Add", ctx.ints([bound]), size), ctx.ints([0]))
+
+    begin = clamp(start)
+    after = ctx.op("Sub", size, ctx.op("Max", clamp(end), begin))
+    zeros = lambda n: [ctx.ints([0] * n)] if n else []  # noqa: E731
+    pads = ctx.op("Concat", *zeros(axis), begin, *zeros(rank - 1), after, *zeros(rank - 1 - axis), axis=0)
+    return ctx.op("Pad", grad, pads)
 
 
 def _pad_axis(ctx, grad: str, rank: int, axis: int, before: int, after: int) -> str:
@@ -73,45 +89,95 @@ def slice_(ctx):
     steps = [int(s) for s in (steps if steps is not None else [1] * len(starts))]
     dx = ctx.dy()
     for axis, start, end, step in zip(axes, starts.tolist(), ends.tolist(), steps):
+        shape = ctx.shape(x)
+        if step == 1 and (shape is None or shape[axis] is None):  # size known only at run time
+            dx = _pad_axis_dynamic(ctx, dx, rank, axis, int(start), int(end), axis_size(ctx, x, axis))
+            continue
         size = _dim(ctx, x, axis)
         index = np.arange(size)[slice(int(start), int(end), step)]
         if len(index) == 0:
-            return [ctx.zeros_like(x)]
+            return ctx.data_grad(ctx.zeros_like(x))
         if step == 1:
             dx = _pad_axis(ctx, dx, rank, axis, int(index[0]), size - 1 - int(index[-1]))
         else:
             dx = scatter_along_axis(ctx, dx, axis, index, size, x)
-    return [dx]
+    return ctx.data_grad(dx)
+
+
+def axis_size(ctx, name: str, axis: int) -> str:
+    """Size of `name` along `axis` as a 1-element int64 tensor: a constant when static, else Shape at run time."""
+    shape = ctx.shape(name)
+    if shape is not None and axis < len(shape) and shape[axis] is not None:
+        return ctx.ints([int(shape[axis])])
+    return ctx.op("Shape", name, start=axis, end=axis + 1)
 
 
 @rule("Gather")
 def gather(ctx):
-    data = ctx.x(0)
-    if ctx.needs(1):
-        return [None, None]
-    index = ctx.require_const(ctx.x(1), "indices")
+    # y[p, j.., q] = x[p, i[j..], q] (p: axes before `axis`, q: after); indices may be computed at run time.
+    # dx = zeros like x; dx[p, i_k, q] += dy[p, k, q] for every k of the flattened indices (repeats add up)
+    data, idx, dy = ctx.x(0), ctx.x(1), ctx.dy()
     rank = ctx.rank(data)
     axis = ctx.attr("axis", 0) % rank
-    size = _dim(ctx, data, axis)
-    flat = np.asarray(index, dtype=np.int64).reshape(-1) % size
-    # dy: data[:axis] + indices.shape + data[axis+1:]  ->  data[:axis] + (len(flat),) + data[axis+1:]
-    parts = []
-    if axis > 0:
-        parts.append(ctx.op("Shape", data, end=axis))
-    parts.append(ctx.ints([len(flat)]))
-    if axis < rank - 1:
-        parts.append(ctx.op("Shape", data, start=axis + 1))
-    target = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=0)
-    dy = ctx.op("Reshape", ctx.dy(), target)
-    return [scatter_along_axis(ctx, dy, axis, flat, size, data), None]
+    q = ctx.rank(ctx.y()) - rank + 1  # rank of the indices
+    size = axis_size(ctx, data, axis)
+    flat = ctx.op("Mod", ctx.op("Reshape", idx, ctx.ints([-1])), size)  # negative indices count from the end
+    if q != 1:  # dy: x[:axis] + i.shape + x[axis+1:] -> x[:axis] + (K,) + x[axis+1:]
+        parts = ([ctx.op("Shape", dy, end=axis)] if axis else []) + [ctx.ints([-1])]
+        if axis < rank - 1:
+            parts.append(ctx.op("Shape", dy, start=axis + q))
+        dy = ctx.op("Reshape", dy, parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=0))
+    along = [1] * rank
+    along[axis] = -1
+    index = ctx.op("Expand", ctx.op("Reshape", flat, ctx.ints(along)), ctx.op("Shape", dy))
+    return ctx.data_grad(ctx.op("ScatterElements", ctx.zeros_like(data), index, dy, axis=axis, reduction="add"))
+
+
+@rule("GatherElements")
+def gather_elements(ctx):
+    # y[.., j, ..] = x[.., i[.., j, ..], ..] along axis: dx = ScatterElements(zeros like x, i, dy, add)
+    return ctx.data_grad(ctx.op("ScatterElements", ctx.zeros_like(ctx.x(0)), ctx.x(1), ctx.dy(),
+                                axis=ctx.attr("axis", 0), reduction="add"))
+
+
+@rule("GatherND")
+def gather_nd(ctx):
+    # y[b.., j..] = x[b.., i[b.., j.., :]] with b the batch_dims leading axes shared by x and i.
+    # dx = ScatterND(zeros like x, i, dy, add), exact for repeated rows of i; with batch_dims > 0 the b axes
+    # are flattened to one of size B and each row of i gets its batch coordinate in front.
+    data, idx, dy = ctx.x(0), ctx.x(1), ctx.dy()
+    b = ctx.attr("batch_dims", 0)
+    k = (ctx.shape(idx) or (None,))[-1]
+    if k is None:
+        raise UnsupportedOpError(f"{node_label(ctx.node)}: the last axis of its indices has no static size")
+    k = int(k)
+    index = ctx.op("Mod", idx, ctx.op("Shape", data, start=b, end=b + k))  # negative indices count from the end
+    if b == 0:
+        return ctx.data_grad(ctx.op("ScatterND", ctx.zeros_like(data), index, dy, reduction="add"))
+    rank = ctx.rank(data)
+    batch = ctx.op("ReduceProd", ctx.op("Shape", data, end=b), keepdims=1)  # [B]
+    rest = [ctx.op("Shape", data, start=b + k)] if b + k < rank else []
+    rows = ctx.op("Reshape", index, ctx.op("Concat", batch, ctx.ints([-1, k]), axis=0))  # (B, M, k)
+    grid = ctx.op("Range", ctx.constant(0, dtype=np.int64), ctx.op("Squeeze", batch, ctx.ints([0])),
+                  ctx.constant(1, dtype=np.int64))
+    grid = ctx.op("Expand", ctx.op("Reshape", grid, ctx.ints([-1, 1, 1])),
+                  ctx.op("Concat", ctx.op("Shape", rows, end=2), ctx.ints([1]), axis=0))  # (B, M, 1)
+    full = ctx.op("Concat", grid, rows, axis=2)  # (B, M, 1 + k)
+    flat_dy = ctx.op("Reshape", dy, ctx.op("Concat", batch, ctx.ints([-1]), *rest, axis=0))  # (B, M, x[b+k:]..)
+    zeros = ctx.op("ConstantOfShape", ctx.op("Concat", batch, ctx.op("Shape", data, start=b), axis=0),
+                   value=numpy_helper.from_array(np.zeros(1, dtype=ctx.np_dtype(data))))
+    flat_dx = ctx.op("ScatterND", zeros, full, flat_dy, reduction="add")
+    return ctx.data_grad(ctx.op("Reshape", flat_dx, ctx.shape_of(data)))
 
 
 @rule("Concat")
 def concat(ctx):
     y = ctx.y()
     axis = ctx.attr("axis") % ctx.rank(y)
-    sizes = [_dim(ctx, x, axis) for x in ctx.node.input]
-    parts = ctx.op("Split", ctx.dy(), ctx.ints(sizes), outputs=len(sizes), axis=axis)
+    # dy splits back into the inputs' sizes along axis (read at run time where shape inference has none)
+    sizes = [axis_size(ctx, x, axis) for x in ctx.node.input]
+    sizes = sizes[0] if len(sizes) == 1 else ctx.op("Concat", *sizes, axis=0)
+    parts = ctx.op("Split", ctx.dy(), sizes, outputs=len(ctx.node.input), axis=axis)
     parts = [parts] if isinstance(parts, str) else parts
     return [p if ctx.needs(i) else None for i, p in enumerate(parts)]
 
@@ -120,7 +186,7 @@ def concat(ctx):
 def split(ctx):
     axis = ctx.attr("axis", 0) % ctx.rank(ctx.x())
     pieces = [ctx.dy(i) if ctx.dy(i) is not None else ctx.zeros_like(out) for i, out in enumerate(ctx.node.output)]
-    return [ctx.op("Concat", *pieces, axis=axis) if len(pieces) > 1 else pieces[0]]
+    return ctx.data_grad(ctx.op("Concat", *pieces, axis=axis) if len(pieces) > 1 else pieces[0])
 
 
 @rule("Pad")
@@ -149,7 +215,7 @@ def pad(ctx):
                 raise UnsupportedOpError(f"{node_label(ctx.node)}: negative pads with mode {mode} are not supported")
             index = np.pad(np.arange(size), (b, e), mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
             dx = scatter_along_axis(ctx, dx, axis, index, size, x)
-    return [dx, None, None, None][: len(ctx.node.input)]
+    return ctx.data_grad(dx)
 
 
 @rule("Tile")
@@ -168,18 +234,18 @@ def tile(ctx):
         else:
             view.append(-1 if s is None else s)
     if not summed:
-        return [ctx.dy(), None]
+        return ctx.data_grad(ctx.dy())
     grouped = ctx.op("Reshape", ctx.dy(), ctx.ints(view))
-    return [ctx.reduce_sum(grouped, summed, keepdims=0), None]
+    return ctx.data_grad(ctx.reduce_sum(grouped, summed, keepdims=0))
 
 
 @rule("DepthToSpace")
 def depth_to_space(ctx):
     if ctx.attr("mode", "DCR") != "DCR":
         raise UnsupportedOpError(f"{node_label(ctx.node)}: DepthToSpace mode CRD is not supported")
-    return [ctx.op("SpaceToDepth", ctx.dy(), blocksize=ctx.attr("blocksize"))]
+    return ctx.data_grad(ctx.op("SpaceToDepth", ctx.dy(), blocksize=ctx.attr("blocksize")))
 
 
 @rule("SpaceToDepth")
 def space_to_depth(ctx):
-    return [ctx.op("DepthToSpace", ctx.dy(), blocksize=ctx.attr("blocksize"), mode="DCR")]
+    return ctx.data_grad(ctx.op("DepthToSpace", ctx.dy(), blocksize=ctx.attr("blocksize"), mode="DCR"))
