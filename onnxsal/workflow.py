@@ -245,6 +245,7 @@ def picture(explanation, index: int, photo, method: str, cmap: str | None, alpha
 
     smooth = method in SMOOTH_MAPS or (method.startswith("smooth") and explanation.attributions is None) \
         or (method == "vargrad" and explanation.attributions is None)
+    smooth = smooth or _declares_smooth(method)
     maps = explanation.maps[index:index + 1]
     if method in MASK_METHODS:  # RISE maps sit on a large constant (E[f] p): shown from their minimum to their maximum
         maps = maps - maps.min()
@@ -252,6 +253,13 @@ def picture(explanation, index: int, photo, method: str, cmap: str | None, alpha
     if kind == "map":
         return viz.render_map(values, explanation.signed, cmap if cmap not in (None, "inferno") else None)
     return viz.overlay(photo, values, explanation.signed, cmap, alpha if not smooth else min(alpha, 0.5), smooth=smooth)
+
+
+def _declares_smooth(method: str) -> bool:
+    """Methods that say how they are drawn (display = "smooth": a low-resolution map, blended whole)."""
+    from .methods import METHODS
+
+    return getattr(METHODS.get(method), "display", None) == "smooth"
 
 
 def display_photo(image, prep: Preprocessing, max_side: int = 768):

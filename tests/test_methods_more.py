@@ -217,7 +217,7 @@ def test_fullgrad_matches_torch(family, request):
 
 # -- every new method through the API ------------------------------------------------------------------------
 
-NEW = ["eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "fullgrad"]
+NEW = ["eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "fullgrad", "lime", "kernel_shap"]
 
 
 def test_new_methods_are_listed():
@@ -245,3 +245,117 @@ def test_bad_options_are_refused(resnet):
         ex.explain(X, "score_cam", batch_size=0)
     with pytest.raises(MethodError, match="unknown option"):
         ex.explain(X, "fullgrad", steps=3)
+
+
+# -- LIME / KernelSHAP --------------------------------------------------------------------------------------
+
+def _replay(rows):
+    """A Captum perturb_func that hands out our binary draws in order (one (1, F) row per call)."""
+    queue = [torch.from_numpy(r[None]).long() for r in rows]
+    return lambda *_a, **_k: queue.pop(0)
+
+
+def test_lime_matches_captum_on_the_same_draws(resnet):
+    from captum._utils.models.linear_model import SkLearnRidge
+    from captum.attr import Lime
+
+    from onnxsal.methods.surrogate import grid_segments, lime_samples
+
+    model, ex = resnet
+    n, width = 120, 0.25
+    res = ex.explain(X, "lime", target=TARGETS, samples=n, cells=4, batch_size=7, seed=5)
+    labels = grid_segments(tm.SIZE, tm.SIZE, 4)
+    rng = np.random.default_rng(5)  # the same stream the method used: one draw per sample, in order
+
+    def paper_kernel(_orig, _pert, z, **_k):  # Ribeiro et al. eq. 2 with D the cosine distance to the all-ones vector
+        z = z.double().reshape(-1)
+        d = 1 - z.sum() / (z.norm() * np.sqrt(len(z))) if z.sum() > 0 else torch.tensor(1.0, dtype=torch.float64)
+        return float(torch.exp(-d * d / width ** 2))
+
+    for s in range(len(X)):
+        rows = lime_samples(n, 16, rng)
+        lime = Lime(model, interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=paper_kernel, perturb_func=_replay(rows))
+        theirs = lime.attribute(torch.from_numpy(X[s:s + 1]), target=TARGETS[s], baselines=0.0, n_samples=n,
+                                feature_mask=torch.from_numpy(labels)[None, None]).detach().numpy()[0]
+        close(res.attributions[s], theirs, rel=1e-4)
+        np.testing.assert_array_equal(res.maps[s], res.attributions[s, 0])
+
+
+def test_kernel_shap_matches_captum_on_the_same_draws(resnet, monkeypatch):
+    from captum.attr import KernelShap
+
+    from onnxsal.methods.surrogate import grid_segments, kernel_shap_samples
+
+    model, ex = resnet
+    n = 150
+    res = ex.explain(X, "kernel_shap", target=TARGETS, samples=n, cells=(2, 4), batch_size=16, seed=9)
+    labels = grid_segments(tm.SIZE, tm.SIZE, (2, 4))
+    rng = np.random.default_rng(9)
+    for s in range(len(X)):
+        rows = kernel_shap_samples(n, 8, rng)
+        queue = [torch.from_numpy(r[None]).long() for r in rows]
+
+        def generator(self, _inp, **_k):
+            yield from queue
+
+        monkeypatch.setattr(KernelShap, "kernel_shap_perturb_generator", generator)
+        theirs = KernelShap(model).attribute(torch.from_numpy(X[s:s + 1]), target=TARGETS[s], baselines=0.0, n_samples=n,
+                                             feature_mask=torch.from_numpy(labels)[None, None]).detach().numpy()[0]
+        close(res.attributions[s], theirs, rel=1e-4)
+        # efficiency (soft constraint): the coefficients sum to f(x) - f(fill)
+        f = model(torch.from_numpy(X[s:s + 1]))[0, TARGETS[s]].item() - model(torch.zeros(1, 3, tm.SIZE, tm.SIZE))[0, TARGETS[s]].item()
+        assert abs(theirs[0].reshape(-1)[np.unique(labels, return_index=True)[1]].sum() - f) < 1e-3 * (abs(f) + 1)
+
+
+def test_kernel_shap_draws_follow_the_shapley_kernel():
+    from math import comb
+
+    from onnxsal.methods.surrogate import kernel_shap_samples
+
+    m = 6
+    z = kernel_shap_samples(20002, m, np.random.default_rng(0))
+    assert z[0].all() and not z[1].any()
+    sizes = z[2:].sum(axis=1).astype(int)
+    # P(a given subset of size k) must be proportional to the Shapley kernel (M-1) / (C(M,k) k (M-k))
+    kernel = np.array([(m - 1) / (comb(m, k) * k * (m - k)) for k in range(1, m)])
+    want = kernel * np.array([comb(m, k) for k in range(1, m)])
+    got = np.bincount(sizes, minlength=m)[1:m] / len(sizes)
+    np.testing.assert_allclose(got, want / want.sum(), atol=0.01)
+    assert set(sizes) <= set(range(1, m))
+
+
+class Product(nn.Module):
+    """Score 0 = (mean of the top half) * (mean of the bottom half) of a 1x2x2 image; score 1 its negative."""
+
+    def forward(self, x):
+        p = x[:, 0, 0, :].mean(1) * x[:, 0, 1, :].mean(1)
+        return torch.stack([p, -p], 1)
+
+
+def test_kernel_shap_solves_a_hand_solved_case():
+    # two superpixels (the rows) of a 2x2 image; with fill 0, f(z) = 6 z1 z2 (rows 2 and 3): Shapley values 3 and 3
+    from onnxsal.methods.surrogate import kernel_shap_samples
+
+    ex = Explainer(_export_product())
+    x = np.array([[[[2.0, 2.0], [3.0, 3.0]]]], np.float32)
+    res = ex.explain(x, "kernel_shap", target=0, segments=np.array([[0, 0], [1, 1]]), samples=40)
+    # rows: z = (1, 1) and (0, 0) with weight W = 1e6, then n1 draws of (1, 0) and n2 of (0, 1) with weight 1, all
+    # f = 0 but the first (6). Setting the derivatives of sum_i w_i (f_i - b1 z1 - b2 z2 - c)^2 to zero:
+    #   (W + n1) b1 + W b2 + (W + n1) c = 6 W
+    #   W b1 + (W + n2) b2 + (W + n2) c = 6 W
+    #   (W + n1) b1 + (W + n2) b2 + (2 W + n1 + n2) c = 6 W
+    drawn = kernel_shap_samples(40, 2, np.random.default_rng(0))  # the method's draws (seed 0): only n1, n2 matter
+    big, n1, n2 = 1e6, float(drawn[2:, 0].sum()), float(drawn[2:, 1].sum())
+    a = np.array([[big + n1, big, big + n1], [big, big + n2, big + n2], [big + n1, big + n2, 2 * big + n1 + n2]])
+    b1, b2, c = np.linalg.solve(a, np.full(3, 6 * big))
+    np.testing.assert_allclose(res.maps[0], [[b1, b1], [b2, b2]], rtol=1e-6)
+    assert abs(b1 + b2 - 6) < 1e-4 and abs(b1 - 3) < 0.5 and abs(c) < 1e-4
+
+
+def _export_product():
+    import io
+
+    buf = io.BytesIO()
+    torch.onnx.export(Product(), torch.zeros(1, 1, 2, 2), buf, dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    return buf.getvalue()

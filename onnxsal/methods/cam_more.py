@@ -56,6 +56,7 @@ def first_component_projection(t: np.ndarray) -> np.ndarray:
 
 
 class _EigenMethod(CamMethod):
+    display = "smooth"
     def factor(self, a, g):
         raise NotImplementedError
 
@@ -109,6 +110,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 @register
 class ScoreCAM(CamMethod):
+    display = "smooth"  # drawn like the other CAMs (workflow.picture)
     name = "score_cam"
     description = "Score-CAM: channels weighted by the score of the input masked by each upsampled channel"
     reference = "Wang et al. 2020, Score-CAM, Def. 2 and eq. 3 (softmax of Algorithm 1)"
@@ -205,6 +207,7 @@ def tail_model(graph, layer_tensor: str, target_kind: str) -> tuple[onnx.ModelPr
 
 @register
 class AblationCAM(CamMethod):
+    display = "smooth"  # drawn like the other CAMs (workflow.picture)
     name = "ablation_cam"
     description = "Ablation-CAM: channels weighted by the relative score drop when each is set to zero"
     reference = "Desai & Ramaswamy 2020, Ablation-CAM, eq. 2-3"
