@@ -304,6 +304,7 @@ class FullGrad(Method):
     reference = "Srinivas & Fleuret 2019, Full-Gradient Representation for Neural Network Visualization, eq. 5-6"
     in_graph_top = True
     defaults = {}
+    display = "smooth_from_min"  # a sum of [0, 1]-scaled maps: drawn from its minimum (workflow.picture)
 
     def attribute(self, x, seeds, progress=None):
         convs = biased_convs(self.ex.graph)
