@@ -217,7 +217,7 @@ def test_fullgrad_matches_torch(family, request):
 
 # -- every new method through the API ------------------------------------------------------------------------
 
-NEW = ["eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "fullgrad", "lime", "kernel_shap"]
+NEW = ["eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "fullgrad", "lime", "kernel_shap", "blur_ig", "guided_ig"]
 
 
 def test_new_methods_are_listed():
@@ -359,3 +359,73 @@ def _export_product():
     torch.onnx.export(Product(), torch.zeros(1, 1, 2, 2), buf, dynamo=False, input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     return buf.getvalue()
+
+
+# -- Blur IG / Guided IG against PAIR's saliency package ------------------------------------------------------
+
+def torch_grad_hwc(model, target):
+    """PAIR's call_model_function on HWC inputs, gradients from torch (independent of our engine)."""
+    def call(batch, call_model_args=None, expected_keys=None):
+        xt = torch.from_numpy(np.asarray(batch, np.float32).transpose(0, 3, 1, 2)).requires_grad_(True)
+        model(xt)[:, target].sum().backward()
+        return {"INPUT_OUTPUT_GRADIENTS": xt.grad.numpy().transpose(0, 2, 3, 1).astype(np.float64)}
+    return call
+
+
+@pytest.mark.parametrize("sqrt,pair_batch", [(False, 4), (True, 1)])
+def test_blur_ig_matches_pair(resnet, sqrt, pair_batch):
+    saliency = pytest.importorskip("saliency.core")
+    pytest.importorskip("scipy")
+    model, ex = resnet
+    res = ex.explain(X, "blur_ig", target=TARGETS, steps=20, max_sigma=6.0, sqrt=sqrt, batch_size=7)
+    for s in range(len(X)):
+        # (PAIR applies the first step's width to a whole batch: exact only for evenly spaced sigmas or batch 1)
+        theirs = saliency.BlurIG().GetMask(X[s].transpose(1, 2, 0).astype(np.float64), torch_grad_hwc(model, TARGETS[s]),
+                                           max_sigma=6.0, steps=20, sqrt=sqrt, batch_size=pair_batch)
+        close(res.attributions[s], theirs.transpose(2, 0, 1), rel=1e-4)
+    assert res.delta is not None and res.delta.shape == (2,)
+
+
+def test_blur_matches_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    from onnxsal.methods.path_more import spatial_blur
+
+    for sigma in (0.3, 1.0, 4.5, 20.0):
+        want = np.stack([ndimage.gaussian_filter(X[s], sigma=[0, sigma, sigma], mode="constant") for s in range(2)])
+        np.testing.assert_allclose(spatial_blur(X, sigma, False), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(spatial_blur(X.transpose(0, 2, 3, 1), sigma, True), want.transpose(0, 2, 3, 1),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_guided_ig_matches_pair(resnet, monkeypatch):
+    # the path is chosen from the gradients' ranking, so PAIR gets our engine's gradients (checked against torch in
+    # test_methods.py): this compares the path algorithm itself, step for step
+    saliency = pytest.importorskip("saliency.core")
+    quantile = np.quantile  # PAIR 0.2.1 passes numpy < 2's `interpolation=`; numpy 2 calls it `method=`
+    monkeypatch.setattr(np, "quantile", lambda *a, interpolation=None, **k: quantile(*a, **({"method": interpolation} if interpolation else {}), **k))
+    _, ex = resnet
+    res = ex.explain(X, "guided_ig", target=TARGETS, steps=30, fraction=0.3, max_dist=0.1, baseline="zeros")
+    for s in range(len(X)):
+        seed = np.zeros((1, tm.CLASSES), np.float32)
+        seed[0, TARGETS[s]] = 1
+
+        def call(batch, call_model_args=None, expected_keys=None):
+            return {"INPUT_OUTPUT_GRADIENTS": ex.gradients(np.asarray(batch, np.float32), seed).input_grad.astype(np.float64)}
+
+        theirs = saliency.GuidedIG().GetMask(X[s].astype(np.float64), call, x_steps=30, fraction=0.3, max_dist=0.1)
+        close(res.attributions[s], theirs, rel=1e-4)
+    # completeness holds approximately on the guided path as well
+    f = ex.predict(X)[[0, 1], TARGETS] - ex.predict(np.zeros_like(X))[[0, 1], TARGETS]
+    np.testing.assert_allclose(res.attributions.reshape(2, -1).sum(1) - f, res.delta, rtol=1e-3, atol=1e-4)
+
+
+def test_lime_on_slic_superpixels(resnet):
+    segmentation = pytest.importorskip("skimage.segmentation")
+    _, ex = resnet
+    res = ex.explain(X[:1], "lime", target=3, segments="slic", n_segments=12, samples=60)
+    image = X[0].transpose(1, 2, 0)
+    labels = segmentation.slic((image - image.min()) / (image.max() - image.min()), n_segments=12, channel_axis=-1,
+                               start_label=0)
+    for label in np.unique(labels):  # one coefficient per SLIC superpixel
+        assert np.ptp(res.maps[0][labels == label]) == 0
+    assert len(np.unique(res.maps[0])) > 1
