@@ -430,3 +430,35 @@ def test_lime_on_slic_superpixels(resnet):
     for label in np.unique(labels):  # one coefficient per SLIC superpixel
         assert np.ptp(res.maps[0][labels == label]) == 0
     assert len(np.unique(res.maps[0])) > 1
+
+
+# -- weakly supervised localisation -------------------------------------------------------------------------
+
+def test_localize_a_hand_drawn_map():
+    from onnxsal.localization import localize
+
+    m = np.zeros((10, 12))
+    m[2:5, 1:4] = 1.0  # 9 pixels
+    m[6:9, 6:11] = 0.5  # 15 pixels, the largest region above 20% of the max
+    m[0, 11] = 0.1  # below the threshold
+    assert localize(m) == (6, 6, 11, 9)
+    assert localize(m, threshold=0.6) == (1, 2, 4, 5)
+    m[5, 4:6] = 0.3  # joins both diagonally: one 8-connected region
+    assert localize(m) == (1, 2, 11, 9)
+    assert localize(m, connectivity=4) == (6, 6, 11, 9)
+    assert localize(np.zeros((4, 4))) is None
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_localize_matches_scipy_labelling(connectivity):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    from onnxsal.localization import boxes
+
+    rng = np.random.default_rng(3)
+    maps = np.stack([ndimage.gaussian_filter(rng.standard_normal((40, 50)), 2.0) for _ in range(6)])
+    structure = np.ones((3, 3)) if connectivity == 8 else None
+    for m, box in zip(maps, boxes(maps, threshold=0.3, connectivity=connectivity)):
+        labels, count = ndimage.label(m >= 0.3 * m.max(), structure=structure)
+        sizes = ndimage.sum_labels(np.ones_like(m), labels, index=np.arange(1, count + 1))
+        biggest = ndimage.find_objects(labels)[int(np.argmax(sizes))]
+        assert box == (biggest[1].start, biggest[0].start, biggest[1].stop, biggest[0].stop)
