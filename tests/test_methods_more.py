@@ -462,3 +462,29 @@ def test_localize_matches_scipy_labelling(connectivity):
         sizes = ndimage.sum_labels(np.ones_like(m), labels, index=np.arange(1, count + 1))
         biggest = ndimage.find_objects(labels)[int(np.argmax(sizes))]
         assert box == (biggest[1].start, biggest[0].start, biggest[1].stop, biggest[0].stop)
+
+
+# -- activation maps ----------------------------------------------------------------------------------------
+
+def test_activation_grid_lays_out_each_channel(resnet):
+    from onnxsal.activations import activation_grid, render_grid
+
+    model, ex = resnet
+    a, _, _ = captured(model, model.feature, X, TARGETS)  # torch's activations of the same layer
+    a = a.numpy()
+    n, c, h, w = a.shape
+    grid = activation_grid(ex, X, columns=5, gap=2)
+    rows = -(-c // 5)
+    assert grid.shape == (n, rows * (h + 2) - 2, 5 * (w + 2) - 2)
+    for s in range(n):
+        for k in range(c):
+            r, col = k // 5, k % 5
+            cell = grid[s, r * (h + 2):r * (h + 2) + h, col * (w + 2):col * (w + 2) + w]
+            span = a[s, k].max() - a[s, k].min()
+            want = (a[s, k] - a[s, k].min()) / span if span > 0 else np.zeros((h, w))
+            np.testing.assert_allclose(cell, want, atol=1e-5)
+    assert np.isnan(grid[0, h, :]).all()  # the gap below the first row of cells
+    raw = activation_grid(ex, X, layer="/layer1/relu/Relu_output_0", normalize="none", gap=0)
+    assert raw.shape[1:] == (3 * 16, 3 * 16)  # 8 channels at 16x16 in a 3 x 3 grid
+    image = render_grid(grid[0], scale=2)
+    assert image.size == (grid.shape[2] * 2, grid.shape[1] * 2)
