@@ -488,3 +488,32 @@ def test_activation_grid_lays_out_each_channel(resnet):
     assert raw.shape[1:] == (3 * 16, 3 * 16)  # 8 channels at 16x16 in a 3 x 3 grid
     image = render_grid(grid[0], scale=2)
     assert image.size == (grid.shape[2] * 2, grid.shape[1] * 2)
+
+
+# -- class model visualisation -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("jitter", [0, 3])
+def test_class_model_first_steps_match_a_torch_replica(resnet, jitter):
+    from onnxsal.class_model import render, visualize_class
+
+    model, ex = resnet
+    lr, l2, steps = 0.5, 0.01, 6
+    got = []
+    image, history = visualize_class(ex, 4, steps=steps, lr=lr, l2=l2, jitter=jitter, seed=2, progress=got.append)
+    # Simonyan et al. 2013 eq. 1 by gradient ascent from zero, gradients from torch autograd
+    rng = np.random.default_rng(2)
+    want = torch.zeros(1, 3, tm.SIZE, tm.SIZE, dtype=torch.float64)
+    objective = []
+    for _ in range(steps):
+        dy, dx = (int(v) for v in rng.integers(-jitter, jitter + 1, size=2)) if jitter else (0, 0)
+        moved = torch.roll(want, (dy, dx), dims=(2, 3)).float().requires_grad_(True)
+        score = model(moved)[0, 4]
+        (g,) = torch.autograd.grad(score, moved)
+        objective.append(score.item() - l2 * float((want * want).sum()))
+        want = want + lr * (torch.roll(g.double(), (-dy, -dx), dims=(2, 3)) - 2 * l2 * want)
+    close(image, want.numpy(), rel=1e-4)
+    np.testing.assert_allclose(history, objective, rtol=1e-4, atol=1e-5)
+    assert history[-1] > history[0] and sum(got) == steps
+    assert render(image).size == (tm.SIZE, tm.SIZE)
+    with pytest.raises(Exception, match="fixed target"):
+        visualize_class(ex, "top", steps=1)
