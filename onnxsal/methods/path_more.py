@@ -20,6 +20,7 @@ Completeness gap: delta = sum(attr) - (F(x) - F(baseline)).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -27,30 +28,30 @@ from .base import REDUCTIONS, Attribution, Method, reduce_channels, register
 from ..errors import MethodError
 
 
+@lru_cache(maxsize=64)
 def blur_matrix(size: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """(size, size) matrix of a 1-D Gaussian blur with zero padding: out = K @ signal."""
+    """(size, size) matrix of a 1-D Gaussian blur with zero padding: out = K @ signal (read-only, cached)."""
     if sigma <= 0:
-        return np.eye(size)
-    radius = int(truncate * sigma + 0.5)
-    t = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (t / sigma) ** 2)
-    kernel /= kernel.sum()
-    offsets = np.arange(size)[None, :] - np.arange(size)[:, None]  # j - i
-    inside = np.abs(offsets) <= radius
-    return np.where(inside, kernel[np.clip(offsets + radius, 0, 2 * radius)], 0.0)
+        k = np.eye(size)
+    else:
+        radius = int(truncate * sigma + 0.5)
+        t = np.arange(-radius, radius + 1, dtype=np.float64)
+        kernel = np.exp(-0.5 * (t / sigma) ** 2)
+        kernel /= kernel.sum()
+        offsets = np.arange(size)[None, :] - np.arange(size)[:, None]  # j - i
+        k = np.where(np.abs(offsets) <= radius, kernel[np.clip(offsets + radius, 0, 2 * radius)], 0.0)
+    k.setflags(write=False)
+    return k
 
 
 def spatial_blur(x: np.ndarray, sigma: float, nhwc: bool) -> np.ndarray:
-    """x (N, C, H, W) or (N, H, W, C) blurred over H and W (float64)."""
+    """x (N, C, H, W) or (N, H, W, C) blurred over H and W (float64): K_H @ x_c @ K_W^T per image and channel."""
     x = np.asarray(x, np.float64)
     if sigma <= 0:
         return x.copy()
-    h_axis, w_axis = (1, 2) if nhwc else (2, 3)
-    kh = blur_matrix(x.shape[h_axis], sigma)
-    kw = blur_matrix(x.shape[w_axis], sigma)
-    if nhwc:
-        return np.einsum("ij,njwc,kw->nikc", kh, x, kw, optimize=True)
-    return np.einsum("ij,ncjw,kw->ncik", kh, x, kw, optimize=True)
+    planes = x.transpose(0, 3, 1, 2) if nhwc else x
+    out = blur_matrix(planes.shape[2], float(sigma)) @ planes @ blur_matrix(planes.shape[3], float(sigma)).T
+    return np.ascontiguousarray(out.transpose(0, 2, 3, 1)) if nhwc else out
 
 
 class _PathMethod(Method):
