@@ -517,3 +517,30 @@ def test_class_model_first_steps_match_a_torch_replica(resnet, jitter):
     assert render(image).size == (tm.SIZE, tm.SIZE)
     with pytest.raises(Exception, match="fixed target"):
         visualize_class(ex, "top", steps=1)
+
+
+# -- pytorch-grad-cam's smoothing options on every CAM ---------------------------------------------------------
+
+def test_eigen_smooth_projects_the_weighted_activations(resnet):
+    model, ex = resnet
+    a, g, _ = captured(model, model.feature, X, TARGETS, grad=True)
+    weights = g.mean(dim=(2, 3), keepdim=True)  # Grad-CAM's alpha (Selvaraju eq. 1)
+    want = up(torch.from_numpy(eigen_replica((weights * a).numpy()))[:, None])[:, 0].numpy()
+    close(ex.explain(X, "grad_cam", target=TARGETS, eigen_smooth=True).maps, want, rel=1e-4)
+
+
+def test_aug_smooth_averages_flipped_and_scaled_views(resnet):
+    from captum.attr import LayerGradCam
+
+    model, ex = resnet
+    xt = torch.from_numpy(X)
+    total = 0
+    for flip in (False, True):
+        for factor in (0.9, 1.0, 1.1):
+            view = (torch.flip(xt, dims=[3]) if flip else xt) * factor
+            cam = up(LayerGradCam(model, model.feature).attribute(view, target=TARGETS, relu_attributions=True))[:, 0]
+            total = total + (torch.flip(cam, dims=[2]) if flip else cam)
+    close(ex.explain(X, "grad_cam", target=TARGETS, aug_smooth=True).maps, (total / 6).detach().numpy(), rel=1e-4)
+    got = []
+    res = ex.explain(X, "score_cam", target=TARGETS, aug_smooth=True, progress=got.append)
+    assert sum(got) == 6 * len(X) * ex.layer.channels and res.info["evaluations"] == 6 * ex.layer.channels

@@ -57,10 +57,11 @@ def first_component_projection(t: np.ndarray) -> np.ndarray:
 
 class _EigenMethod(CamMethod):
     display = "smooth"
+    defaults = {"relu": True, "aug_smooth": False}  # (eigen_smooth: these maps are the projection already)
     def factor(self, a, g):
         raise NotImplementedError
 
-    def layer_maps(self, x, seeds):
+    def layer_maps(self, x, seeds, progress=None):
         layer = self.ex.layer
         layout = layer.layout or "NCHW"
         if self.needs_gradients:
@@ -116,13 +117,14 @@ class ScoreCAM(CamMethod):
     reference = "Wang et al. 2020, Score-CAM, Def. 2 and eq. 3 (softmax of Algorithm 1)"
     needs_gradients = False
     in_graph_top = False
-    defaults = {"relu": True, "fill": "zeros", "batch_size": None}
+    defaults = {**CamMethod.defaults, "fill": "zeros", "batch_size": None}
+    streams_progress = True
 
     def __init__(self, explainer, **options):
         super().__init__(explainer, **options)
         _check_count(self.options["batch_size"], "batch_size")
 
-    def runs_per_sample(self) -> int:
+    def runs_per_view(self) -> int:
         return int(self.ex.layer.channels)
 
     def layer_maps(self, x, seeds, progress=None):
@@ -148,13 +150,7 @@ class ScoreCAM(CamMethod):
                 if progress:
                     progress(len(masked))
         weights = _softmax(cic).astype(np.float32)
-        return _kernels().weighted_sum(weights, a, bool(self.options["relu"])), scores
-
-    def attribute(self, x, seeds, progress=None):
-        small, scores = self.layer_maps(x, seeds, progress)
-        h, w = self.ex.graph.spatial_shape
-        return Attribution(maps=_kernels().bilinear_resize(small, h, w), scores=scores,
-                           info={"evaluations": int(self.ex.layer.channels)})
+        return self.combine(weights, a), scores
 
 
 # -- Ablation-CAM ------------------------------------------------------------------------------------------
@@ -213,13 +209,14 @@ class AblationCAM(CamMethod):
     reference = "Desai & Ramaswamy 2020, Ablation-CAM, eq. 2-3"
     needs_gradients = False
     in_graph_top = False
-    defaults = {"relu": True, "batch_size": None}
+    defaults = {**CamMethod.defaults, "batch_size": None}
+    streams_progress = True
 
     def __init__(self, explainer, **options):
         super().__init__(explainer, **options)
         _check_count(self.options["batch_size"], "batch_size")
 
-    def runs_per_sample(self) -> int:
+    def runs_per_view(self) -> int:
         return int(self.ex.layer.channels)
 
     def _tail(self):
@@ -260,13 +257,7 @@ class AblationCAM(CamMethod):
         safe = np.where(full != 0, full, 1.0)[:, None]
         weights = ((full[:, None] - ablated_scores) / safe).astype(np.float32)  # eq. 3
         a = to_nchw(raw, layer.layout or "NCHW")
-        return _kernels().weighted_sum(weights, a, bool(self.options["relu"])), scores
-
-    def attribute(self, x, seeds, progress=None):
-        small, scores = self.layer_maps(x, seeds, progress)
-        h, w = self.ex.graph.spatial_shape
-        return Attribution(maps=_kernels().bilinear_resize(small, h, w), scores=scores,
-                           info={"evaluations": int(self.ex.layer.channels)})
+        return self.combine(weights, a), scores
 
 
 # -- FullGrad ----------------------------------------------------------------------------------------------
