@@ -217,7 +217,7 @@ def test_fullgrad_matches_torch(family, request):
 
 # -- every new method through the API ------------------------------------------------------------------------
 
-NEW = ["eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "fullgrad", "lime", "kernel_shap", "blur_ig", "guided_ig"]
+NEW = ["eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "fullgrad", "lime", "kernel_shap", "blur_ig", "guided_ig", "xrai"]
 
 
 def test_new_methods_are_listed():
@@ -228,6 +228,8 @@ def test_new_methods_are_listed():
 
 @pytest.mark.parametrize("method", NEW)
 def test_new_methods_take_any_target(resnet, method):
+    if method == "xrai":
+        pytest.importorskip("skimage")  # its default Felzenszwalb segments
     _, ex = resnet
     top = ex.explain(X, method)
     explicit = ex.explain(X, method, target=list(ex.predict(X).argmax(1)))
@@ -544,3 +546,26 @@ def test_aug_smooth_averages_flipped_and_scaled_views(resnet):
     got = []
     res = ex.explain(X, "score_cam", target=TARGETS, aug_smooth=True, progress=got.append)
     assert sum(got) == 6 * len(X) * ex.layer.channels and res.info["evaluations"] == 6 * ex.layer.channels
+
+
+def test_xrai_matches_pair(resnet):
+    saliency = pytest.importorskip("saliency.core")
+    pytest.importorskip("skimage")
+    from saliency.core import xrai as pair_xrai
+
+    from onnxsal.methods.path_more import xrai_segments
+
+    _, ex = resnet
+    blocks = (np.kron(R.standard_normal((2, 3, 4, 4)), np.ones((8, 8))) + 0.1 * R.standard_normal((2, 3, 32, 32))).astype(np.float32)
+    res = ex.explain(blocks, "xrai", target=TARGETS, steps=16, min_pixels=20)
+    for s in range(2):
+        hwc = blocks[s].transpose(1, 2, 0).astype(np.float64)
+        masks = xrai_segments(hwc)
+        theirs_masks = pair_xrai._get_segments_felzenszwalb(hwc)
+        assert len(masks) == len(theirs_masks) and all((a == b).all() for a, b in zip(masks, theirs_masks))
+        params = saliency.XRAIParameters()
+        params.experimental_params["min_pixel_diff"] = 20
+        theirs = saliency.XRAI().GetMask(hwc, None, base_attribution=res.attributions[s].transpose(1, 2, 0).astype(np.float64),
+                                         segments=theirs_masks, extra_parameters=params)
+        close(res.maps[s], theirs, rel=1e-6)
+        assert len(np.unique(res.maps[s])) > 2
