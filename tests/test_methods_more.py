@@ -569,3 +569,32 @@ def test_xrai_matches_pair(resnet):
                                          segments=theirs_masks, extra_parameters=params)
         close(res.maps[s], theirs, rel=1e-6)
         assert len(np.unique(res.maps[s])) > 2
+
+
+class ChannelsLast(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("method,options", [
+    ("eigen_cam", {}), ("score_cam", {}), ("ablation_cam", {}), ("fullgrad", {}), ("lime", {"samples": 40}),
+    ("kernel_shap", {"samples": 40}), ("blur_ig", {"steps": 8, "max_sigma": 4.0}), ("guided_ig", {"steps": 8}),
+    ("grad_cam", {"aug_smooth": True}),
+])
+def test_channels_last_models_give_the_same_maps(resnet, method, options):
+    # the same network behind an NHWC input: every map must equal the NCHW model's (checked above against oracles)
+    import io
+
+    model, ex = resnet
+    buf = io.BytesIO()
+    torch.onnx.export(ChannelsLast(model).eval(), torch.zeros(1, tm.SIZE, tm.SIZE, 3), buf, dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    nhwc = Explainer(buf.getvalue(), layer="/inner" + ex.layer.tensor)
+    assert nhwc.graph.layout == "NHWC"
+    want = ex.explain(X, method, target=TARGETS, **options)
+    got = nhwc.explain(X.transpose(0, 2, 3, 1).copy(), method, target=TARGETS, **options)
+    close(got.maps, want.maps, rel=1e-4)
