@@ -245,13 +245,22 @@ def picture(explanation, index: int, photo, method: str, cmap: str | None, alpha
 
     smooth = method in SMOOTH_MAPS or (method.startswith("smooth") and explanation.attributions is None) \
         or (method == "vargrad" and explanation.attributions is None)
+    smooth = smooth or _display(method).startswith("smooth")
     maps = explanation.maps[index:index + 1]
-    if method in MASK_METHODS:  # RISE maps sit on a large constant (E[f] p): shown from their minimum to their maximum
+    if method in MASK_METHODS or _display(method).endswith("from_min"):  # RISE maps sit on a large constant (E[f] p): shown from their minimum to their maximum
         maps = maps - maps.min()
     values = viz.normalize(maps, explanation.signed, 100.0 if smooth else 99.0)[0]
     if kind == "map":
         return viz.render_map(values, explanation.signed, cmap if cmap not in (None, "inferno") else None)
     return viz.overlay(photo, values, explanation.signed, cmap, alpha if not smooth else min(alpha, 0.5), smooth=smooth)
+
+
+def _display(method: str) -> str:
+    """How a method says it is drawn: "smooth" (a low-resolution map, blended whole), "smooth_from_min" (the same,
+    from its minimum: maps on a large offset), or "" (the defaults above)."""
+    from .methods import METHODS
+
+    return getattr(METHODS.get(method), "display", None) or ""
 
 
 def display_photo(image, prep: Preprocessing, max_side: int = 768):

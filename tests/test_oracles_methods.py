@@ -178,7 +178,7 @@ def test_progress_counts_every_base_evaluation(tiny):
 
 @pytest.mark.parametrize("options,message", [
     ({"samples": 0}, "samples must be at least 1"),
-    ({"base": "lime"}, "unknown base method 'lime' for smoothgrad; choose one of grad_cam, grad_cam_plus_plus, "),
+    ({"base": "nope"}, "unknown base method 'nope' for smoothgrad; choose one of grad_cam, grad_cam_plus_plus, "),
     ({"base": "vargrad"}, "smoothgrad cannot wrap another noise wrapper (vargrad)"),
 ])
 def test_smoothgrad_refuses_bad_options(tiny, options, message):

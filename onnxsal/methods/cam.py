@@ -3,6 +3,13 @@
 With A the layer's activations (N, C, h, w) and G = dS/dA its gradient:
     M = relu( sum_c w_c * A_c )   (w per channel (N, C), or per element (N, C, h, w))
 upsampled bilinearly to the input size (half-pixel centres, kernels/resize.py).
+
+Options of every CAM (pytorch-grad-cam's smoothing options):
+  eigen_smooth  M = relu(first principal component of the weighted activations w_c A_c) instead of their
+                sum (cam_more.first_component_projection; its sign follows sum_c w_c A_c)
+  aug_smooth    test-time augmentation: the mean of the maps of x and its horizontal flip, each multiplied
+                by 0.9, 1 and 1.1 (6 runs; maps of flipped inputs flipped back). pytorch-grad-cam scales
+                each augmented map to [0, 1] before the mean; we average the maps as they are.
 """
 
 from __future__ import annotations
@@ -24,12 +31,30 @@ class CamMethod(Method):
     uses_layer = True
     needs_gradients = True
     in_graph_top = True
-    defaults = {"relu": True}
+    defaults = {"relu": True, "eigen_smooth": False, "aug_smooth": False}
+    streams_progress = False  # layer_maps reports progress itself (many model runs per sample)
+    AUGMENTATIONS = [(flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1)]
+
+    def runs_per_sample(self) -> int:
+        return (len(self.AUGMENTATIONS) if self.options.get("aug_smooth") else 1) * self.runs_per_view()
+
+    def runs_per_view(self) -> int:
+        return 1
+
+    def combine(self, weights: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """(N, h, w) = relu(sum_c w_c A_c), or relu of the first principal component of w_c A_c (eigen_smooth)."""
+        if not self.options.get("eigen_smooth"):
+            return _kernels().weighted_sum(weights, a, bool(self.options["relu"]))
+        from .cam_more import first_component_projection
+
+        w = weights[:, :, None, None] if weights.ndim == 2 else weights
+        m = first_component_projection(w.astype(np.float64) * a)
+        return np.maximum(m, 0) if self.options["relu"] else m
 
     def cam_weights(self, a: np.ndarray, g: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def layer_maps(self, x, seeds) -> tuple[np.ndarray, np.ndarray]:
+    def layer_maps(self, x, seeds, progress=None) -> tuple[np.ndarray, np.ndarray]:
         """((N, h, w) maps at the layer's resolution, the scores)."""
         layer = self.ex.layer
         if self.needs_gradients:
@@ -41,15 +66,26 @@ class CamMethod(Method):
         a = layer.as_nchw(a)  # token sequences fold to their patch grid
         g = None if g is None else layer.as_nchw(g)
         weights = np.ascontiguousarray(self.cam_weights(a, g, seeds), dtype=np.float32)
-        return _kernels().weighted_sum(weights, a, bool(self.options["relu"])), scores
+        return self.combine(weights, a), scores
 
     def attribute(self, x, seeds, progress=None):
-        small, scores = self.layer_maps(x, seeds)
         h, w = self.ex.graph.spatial_shape
-        maps = _kernels().bilinear_resize(small, h, w)
-        if progress:
-            progress(len(x))
-        return Attribution(maps=maps, scores=scores)
+        views = self.AUGMENTATIONS if self.options.get("aug_smooth") else [(False, 1.0)]
+        width_axis = 2 if self.layout == "NHWC" else 3
+        total, scores = None, None
+        for flip, factor in views:
+            view = np.flip(x, axis=width_axis) if flip else x
+            view = np.ascontiguousarray(view * np.float32(factor) if factor != 1.0 else view, dtype=np.float32)
+            small, view_scores = self.layer_maps(view, seeds, progress)
+            maps = _kernels().bilinear_resize(small, h, w)
+            maps = maps[:, :, ::-1] if flip else maps
+            total = maps.astype(np.float64) if total is None else total + maps
+            if not flip and factor == 1.0:
+                scores = view_scores
+            if progress and not self.streams_progress:
+                progress(len(x))
+        return Attribution(maps=(total / len(views)).astype(np.float32), scores=scores,
+                           info={"evaluations": self.runs_per_sample()})
 
 
 @register
