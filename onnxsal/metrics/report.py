@@ -115,10 +115,7 @@ def curve_plot(evaluation, image):
         series = []
         for r in rows:
             y = np.asarray(r["curves"][key] if key in ("morf", "lerf") else r["curve"], float)
-            auc = r["figures"]["auc"] if key == "curve" else r["figures"][f"{key}_auc"]
-            series.append((f"{r['method']}", np.linspace(0, 1, len(y)), y))
-            series[-1] = (series[-1][0], series[-1][1], series[-1][2])
-            _ = auc
+            series.append((r["method"], np.linspace(0, 1, len(y)), y))
         ylabel = rows[0]["settings"].get("score", "score")
         fill = rows[0]["settings"].get("fill")
         panels.append({"title": f"{name} (fill {fill})", "xlabel": "fraction of pixels perturbed", "ylabel": ylabel,
@@ -138,13 +135,16 @@ def randomisation_plot(evaluation, image):
     for mode in rows[0]["layers"]:
         for key, what in (("spearman_abs", "Spearman |map|"), ("ssim", "SSIM |map|")):
             series = []
+            low = -0.2
             checkpoints = rows[0]["layers"][mode]
             for r in rows:
                 ys = [1.0] + [c[key] for c in r["layers"][mode]]
                 series.append((r["method"], np.arange(len(ys)), ys))
+                low = min(low, *ys)
             ticks = [(0, "orig")] + [(k + 1, str(c["index"])) for k, c in enumerate(checkpoints)]
             panels.append({"title": f"{mode}: {what}", "xlabel": "randomised down to layer #", "ylabel": what,
-                           "series": series, "ylim": (-0.2, 1.0), "xticks": ticks})
+                           "series": series, "ylim": (max(-1.0, np.floor(low * 5) / 5), 1.0),
+                           "xticks": ticks})
     return line_panels(panels, title=f"{image}: randomisation (Adebayo et al. 2018), layers numbered from the input")
 
 
