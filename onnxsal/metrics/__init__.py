@@ -112,8 +112,45 @@ def _settings(metric: str, given: dict | None) -> dict:
     for key, value in (given or {}).get(metric, {}).items():
         if key not in settings:
             raise MethodError(f"unknown setting {key!r} for metric {metric}; its settings: {', '.join(settings) or 'none'}")
-        settings[key] = value
+        settings[key] = _checked(metric, key, value)
     return settings
+
+
+def _checked(metric: str, key: str, value):
+    """A setting's value, refused with one line when it has the wrong type or range."""
+    def bad(want):
+        raise MethodError(f"setting {metric}.{key} must be {want}, not {value!r}")
+
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in ("steps", "samples"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            bad("an integer of at least 1")
+    elif key == "seed":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            bad("a non-negative integer")
+    elif key in ("noise", "radius", "tolerance", "blur_sigma"):
+        if not number or not math.isfinite(value) or value < 0:
+            bad("a finite number >= 0")
+    elif key == "fill":
+        from ..explainer import BASELINES
+
+        if not ((number and math.isfinite(value)) or value in BASELINES):
+            bad(f"a finite number or one of {', '.join(BASELINES)}")
+    elif key == "score":
+        if value not in ("logit", "probability", "log_probability"):
+            bad("logit, probability or log_probability")
+    elif key == "normalize":
+        if not isinstance(value, bool):
+            bad("true or false")
+    elif key == "modes":
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not value or any(v not in ("cascading", "independent") for v in value):
+            bad('"cascading", "independent" or a list of them')
+    elif key == "layers":
+        if not (value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+                or (isinstance(value, list) and value and all(isinstance(v, int) for v in value))):
+            bad('"all", a number of checkpoints (>= 1) or a list of layer indices')
+    return value
 
 
 def parse_metrics(values, boxes: bool = False) -> list[str]:

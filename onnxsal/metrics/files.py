@@ -13,7 +13,7 @@ def parse_assignments(values) -> tuple[dict, dict]:
     """--set NAME.KEY=VALUE (NAME a metric or a method) -> (metric settings, method options); VALUE read as JSON
     when it parses (numbers, true/false, lists), else as a string."""
     from ..methods import METHODS
-    from . import DEFAULTS
+    from . import DEFAULTS, _checked
 
     settings: dict = {}
     options: dict = {}
@@ -29,7 +29,9 @@ def parse_assignments(values) -> tuple[dict, dict]:
         if isinstance(parsed, float) and parsed != parsed or parsed in (float("inf"), float("-inf")):
             raise MethodError(f"--set {head} must be finite, not {value}")
         if name in DEFAULTS:
-            settings.setdefault(name, {})[key] = parsed
+            if key not in DEFAULTS[name]:
+                raise MethodError(f"unknown setting {key!r} for metric {name}; its settings: {', '.join(DEFAULTS[name]) or 'none'}")
+            settings.setdefault(name, {})[key] = _checked(name, key, parsed)
         elif name in METHODS:
             options.setdefault(name, {})[key] = parsed
         else:
