@@ -20,7 +20,9 @@ class Runner:
         self.ex = explainer
         self.method = method
         self.options = dict(options or {})
-        self.batch_size = int(batch_size or explainer.engine.batch_size)
+        # the engine's batch is sized for forward + backward (~3x the forward's activations); metrics run forwards only
+        engine = explainer.engine
+        self.batch_size = int(batch_size or (1 if not engine.graph.batchable else min(64, 3 * engine.batch_size)))
 
     @property
     def layout(self) -> str:
