@@ -547,6 +547,8 @@ def evaluate(images, model, methods, metrics, boxes_file, assignments, target, l
         raise click.UsageError("give at least one image (file or directory)")
     files = image_files(images)
     chosen = parse_methods(methods or ["grad_cam"])
+    if any("all" in m.split(",") for m in methods) and "drise" in chosen:
+        chosen.remove("drise")  # 'all' means the methods for this model: D-RISE explains detectors only
     wanted = parse_metrics(list(metrics) or ["default"], boxes=boxes_file is not None)
     settings, options = parse_assignments(assignments)
     setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
