@@ -276,9 +276,11 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
                 per_layer = {mode: [{"layer": c["layer"], "index": c["index"], "op": c["op"],
                                      **{k: c[k][i] for k in ("spearman_abs", "spearman", "ssim")}} for c in rows]
                              for mode, rows in found[m].items()}
-                last = per_layer.get("cascading", next(iter(per_layer.values())))[-1]
+                rows = per_layer.get("cascading", next(iter(per_layer.values())))
+                first, last = rows[0], rows[-1]
                 record(i, m, "randomisation", {"spearman_abs": last["spearman_abs"], "spearman": last["spearman"],
-                                               "ssim": last["ssim"], "passes": verdict[i]}, layers=per_layer)
+                                               "ssim": last["ssim"], "spearman_abs_output_layer": first["spearman_abs"],
+                                               "passes": verdict[i]}, layers=per_layer)
     return result
 
 

@@ -17,23 +17,34 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 def markdown_table(evaluation) -> str:
     """Methods x metrics, headline figure averaged over images (arrow: which way is better)."""
     metrics = evaluation.metrics
-    head = ["method"] + [f"{m} {HEADLINE[m][0]} {'↑' if HEADLINE[m][1] else '↓'}" for m in metrics]
+    head = ["method"] + [f"{m} {HEADLINE[m][0]} {'↑' if HEADLINE[m][1] else '↓'}" for m in metrics if m != "randomisation"]
+    if "randomisation" in metrics:
+        head += ["randomisation: output layer ↓", "randomisation: all checked ↓", "passes"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for method in evaluation.methods:
         cells = [f"`{method}`"]
         for metric in metrics:
+            if metric == "randomisation":
+                continue
             try:
                 cells.append(f"{evaluation.figure(method, metric):.3f}")
             except KeyError:
                 cells.append("")
+        if "randomisation" in metrics:
+            rows = [r for r in evaluation.records if r["method"] == method and r["metric"] == "randomisation"]
+            top = np.mean([r["figures"]["spearman_abs_output_layer"] for r in rows])
+            end = np.mean([r["figures"]["spearman_abs"] for r in rows])
+            verdicts = [r["figures"]["passes"] for r in rows]
+            cells += [f"{top:.2f}", f"{end:.2f}", f"{sum(bool(v) for v in verdicts)}/{len(verdicts)}"]
         lines.append("| " + " | ".join(cells) + " |")
     images = evaluation.images
     lines.append("")
     lines.append(f"{len(images)} image(s); {evaluation.target}; {evaluation.model}. "
                  "Figures are means over images; settings and per-image values are in evaluation.json.")
     if "randomisation" in metrics:
-        lines.append("randomisation: Spearman correlation of |map| with the original after cascading randomisation "
-                     "of every checked layer (falls towards 0 for a method that depends on the weights).")
+        lines.append("randomisation: Spearman correlation of |map| with the original map after randomising the output "
+                     "layer alone, and after cascading randomisation down to the lowest checked layer; passes: images "
+                     "where both are below 0.5 in absolute value (Adebayo et al. 2018; our threshold).")
     lines.append("")
     lines += [f"- {m}: {REFERENCES[m]}" for m in metrics]
     return "\n".join(lines) + "\n"
