@@ -341,3 +341,54 @@ def test_randomisation_linear_closed_form():
         (row,) = rec["layers"][mode]
         assert row["spearman_abs"] == pytest.approx(1 - 6 * (d * d).sum() / (25 * 624), abs=1e-6)
     assert rec["figures"]["passes"] == (abs(rec["figures"]["spearman_abs"]) < 0.5)
+
+
+# -- input invariance: the shifted twin ----------------------------------------------------------------------
+
+def test_input_invariance_twin_and_closed_form():
+    """The shifted twin computes the same scores at x + m as the model at x (zero padding included); saliency is
+    unchanged, and gradient x input changes by exactly sum_c m_c * grad_c (the gradient is the same)."""
+    from onnxsal.metrics import invariance
+
+    rng = np.random.default_rng(12)
+    w = (rng.standard_normal((4, 3, 3, 3)) * 0.4).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    fc = rng.standard_normal((5, 4)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 10, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                              [numpy_helper_from(w, "w"), numpy_helper_from(b, "b"), numpy_helper_from(fc, "fc")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ex = onnxsal.Explainer(proto)
+    shift = [1.0, -0.5, 2.0]
+    twin = randomisation.twin(ex, invariance.shifted_twin(proto, "x", (None, 3, 10, 10), shift))
+    x = rng.standard_normal((2, 3, 10, 10)).astype(np.float32)
+    m = np.array(shift, np.float32).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(twin.predict(x + m), ex.predict(x), rtol=1e-5, atol=1e-5)
+    ev = onnxsal.evaluate(ex, x, ["saliency", "gradient_x_input"], metrics=["input_invariance"], target=[1, 3],
+                          model=proto, settings={"input_invariance": {"shift": shift}})
+    by = {(r["method"], r["image"]): r["figures"] for r in ev.records}
+    grad = ex.gradients(x, np.eye(5, dtype=np.float32)[[1, 3]]).input_grad.astype(np.float64)
+    original = (x * grad).sum(axis=1)
+    shifted = ((x + m) * grad).sum(axis=1)
+    for i in range(2):
+        assert by[("saliency", i)]["change"] < 1e-5
+        assert by[("saliency", i)]["output_gap"] < 1e-4
+        want = np.linalg.norm(shifted[i] - original[i]) / np.linalg.norm(original[i])
+        assert by[("gradient_x_input", i)]["change"] == pytest.approx(want, rel=1e-3)
+        assert want > 0.1
+
+
+def numpy_helper_from(array, name):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(array, name)
+
+
+def test_input_invariance_refuses_models_without_a_first_conv():
+    ex = onnxsal.Explainer(linear_model(np.ones((2, 4), np.float32), np.zeros(2, np.float32), (1, 2, 2)))
+    proto = linear_model(np.ones((2, 4), np.float32), np.zeros(2, np.float32), (1, 2, 2))
+    with pytest.raises(onnxsal.OnnxsalError, match="feeds one Conv"):
+        onnxsal.evaluate(ex, np.ones((1, 1, 2, 2), np.float32), "saliency", metrics=["input_invariance"], model=proto)

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, dict] = {
     "sparseness": {},
     "entropy": {},
     "randomisation": {"layers": 6, "modes": ["cascading", "independent"], "seed": 0},
+    "input_invariance": {"shift": 1.0},
 }
 METRICS = tuple(DEFAULTS)
 DEFAULT_METRICS = ("deletion", "insertion", "pixel_flipping", "sparseness", "entropy")
@@ -37,6 +38,7 @@ HEADLINE = {
     "pointing_game": ("hit", True), "energy_pointing_game": ("proportion", True),
     "infidelity": ("infidelity", False), "sensitivity_max": ("sensitivity", False),
     "sparseness": ("gini", True), "entropy": ("entropy", False), "randomisation": ("spearman_abs", False),
+    "input_invariance": ("change", False),
 }
 REFERENCES = {
     "deletion": "Petsiuk et al. 2018 (RISE), sec. 4.1", "insertion": "Petsiuk et al. 2018 (RISE), sec. 4.1",
@@ -46,6 +48,7 @@ REFERENCES = {
     "infidelity": "Yeh et al. 2019, eq. 1", "sensitivity_max": "Yeh et al. 2019, def. 3.1",
     "sparseness": "Chalasani et al. 2020 (Gini index)", "entropy": "Bhatt et al. 2020 (complexity)",
     "randomisation": "Adebayo et al. 2018, sec. 3 (model-parameter randomisation)",
+    "input_invariance": "Kindermans et al. 2019, sec. 2 (constant input shift absorbed by the first bias)",
 }
 
 
@@ -139,6 +142,10 @@ def _checked(metric: str, key: str, value):
     elif key == "score":
         if value not in ("logit", "probability", "log_probability"):
             bad("logit, probability or log_probability")
+    elif key == "shift":
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            bad("a finite number or a list of them (one per channel)")
     elif key == "normalize":
         if not isinstance(value, bool):
             bad("true or false")
@@ -162,7 +169,8 @@ def parse_metrics(values, boxes: bool = False) -> list[str]:
                 continue
             group = {"all": METRICS, "default": DEFAULT_METRICS + (LOCALISATION if boxes else ()),
                      "faithfulness": ("deletion", "insertion", "pixel_flipping"), "localisation": LOCALISATION,
-                     "complexity": ("sparseness", "entropy"), "robustness": ("infidelity", "sensitivity_max")}.get(name)
+                     "complexity": ("sparseness", "entropy"), "robustness": ("infidelity", "sensitivity_max"),
+                     "sanity": ("randomisation", "input_invariance")}.get(name)
             if group is None and name not in METRICS:
                 raise MethodError(f"unknown metric {name!r}; choose from {', '.join(METRICS)} (or all, default, "
                                   "faithfulness, localisation, complexity, robustness)")
@@ -281,6 +289,23 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
                 record(i, m, "randomisation", {"spearman_abs": last["spearman_abs"], "spearman": last["spearman"],
                                                "ssim": last["ssim"], "spearman_abs_output_layer": first["spearman_abs"],
                                                "passes": verdict[i]}, layers=per_layer)
+    if "input_invariance" in metrics:
+        from . import invariance
+        from .randomisation import no_disk_cache, twin
+
+        shift = config["input_invariance"]["shift"]
+        g = explainer.graph
+        proto = invariance.shifted_twin(_original_model(explainer, model), g.input_name, tuple(g.input_shape), shift)
+        m = np.broadcast_to(np.asarray(shift, np.float32).reshape(-1), (x.shape[1],)).reshape(1, -1, 1, 1)
+        x2 = (x + m).astype(np.float32)
+        with no_disk_cache():
+            other = twin(explainer, proto)
+            gap = np.abs(other.engine.forward(x2, explainer.target_kind)[0].astype(np.float64) - logits).reshape(n, -1).max(axis=1)
+            for meth, runner in runners.items():
+                maps2 = runner.explain(x2, classes, explainer=other).maps
+                for i in range(n):
+                    record(i, meth, "input_invariance", {**invariance.compare(explained[meth].maps[i], maps2[i]),
+                                                         "output_gap": float(gap[i])})
     return result
 
 
