@@ -18,6 +18,7 @@ _LAZY = {
     "TopKTarget": ("onnxsal.targets", "TopKTarget"),
     "WeightsTarget": ("onnxsal.targets", "WeightsTarget"),
     "RegionTarget": ("onnxsal.targets", "RegionTarget"),
+    "evaluate": ("onnxsal.metrics", "evaluate"),
 }
 
 

@@ -1,0 +1,80 @@
+"""`onnxsal evaluate` on image files: decode, preprocess, map boxes into the model input, evaluate, write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from ..errors import InputError, MethodError
+
+
+def parse_assignments(values) -> tuple[dict, dict]:
+    """--set NAME.KEY=VALUE (NAME a metric or a method) -> (metric settings, method options); VALUE read as JSON
+    when it parses (numbers, true/false, lists), else as a string."""
+    from ..methods import METHODS
+    from . import DEFAULTS, _checked
+
+    settings: dict = {}
+    options: dict = {}
+    for text in values or ():
+        head, eq, value = text.partition("=")
+        name, dot, key = head.partition(".")
+        if not eq or not dot or not name or not key:
+            raise MethodError(f"--set takes NAME.KEY=VALUE (a metric or method name), e.g. deletion.steps=20; not {text!r}")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        if isinstance(parsed, float) and parsed != parsed or parsed in (float("inf"), float("-inf")):
+            raise MethodError(f"--set {head} must be finite, not {value}")
+        if name in DEFAULTS:
+            if key not in DEFAULTS[name]:
+                raise MethodError(f"unknown setting {key!r} for metric {name}; its settings: {', '.join(DEFAULTS[name]) or 'none'}")
+            settings.setdefault(name, {})[key] = _checked(name, key, parsed)
+        elif name in METHODS:
+            options.setdefault(name, {})[key] = parsed
+        else:
+            raise MethodError(f"--set {head}: {name!r} is neither a metric nor a method")
+    return settings, options
+
+
+def input_boxes(objects: list[dict], photo_size: tuple, prep) -> list[dict]:
+    """Objects with their boxes mapped from photo pixels to model-input pixels (through crop and resize)."""
+    from ..workflow import photo_to_input
+
+    return [{**o, "box": list(photo_to_input(o["box"], photo_size, prep))} for o in objects]
+
+
+def evaluate_files(explainer, files: list[Path], methods: list[str], metrics: list[str], *, boxes_file=None,
+                   settings=None, options=None, target="top", out: Path, report: Callable[[str], None] = print,
+                   progress=None, batch_size=None, model=None) -> tuple:
+    """Evaluate each image (one at a time, so memory stays bounded) and write the JSON, table and plots."""
+    from ..preprocess import load_image
+    from ..workflow import unique_stems
+    from . import Evaluation, evaluate
+    from .localisation import read_boxes
+    from .report import write
+
+    prep = explainer.preprocessing
+    if prep is None:
+        raise InputError("evaluating image files needs the model's preprocessing (a zoo model, a sidecar or the flags)")
+    known = read_boxes(boxes_file) if boxes_file is not None else None
+    stems = unique_stems(files)
+    total = Evaluation()
+    for file, stem in zip(files, stems):
+        photo = load_image(file)
+        x = prep.batch([photo])
+        boxes = None
+        if known is not None:
+            objects = known.get(stem, known.get(file.name))
+            if objects is None:
+                raise InputError(f"{boxes_file} has no boxes for {file.name} (its images: {', '.join(sorted(known)) or 'none'})")
+            boxes = [input_boxes(objects, photo.size, prep)]
+        result = evaluate(explainer, x, methods, metrics, target, boxes=boxes, options=options, settings=settings,
+                          names=[stem], batch_size=batch_size, progress=progress, model=model)
+        total.records += result.records
+        total.model, total.target = result.model, result.target
+        report(f"{file.name}: class {result.records[0]['class']} evaluated")
+    written = write(total, out)
+    return total, written
