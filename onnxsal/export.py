@@ -1,0 +1,249 @@
+"""One ONNX file from image to heatmap: the gradient graph plus the method's map equations as ONNX nodes.
+
+    inputs   image  (the model's input: N x C x H x W or N x H x W x C, float, already preprocessed)
+             class  int64 (N,) or (1,), optional: the class explained per sample; -1 (the default) = top class
+    outputs  scores   (N, K)  the explained score (logits by default, as target_kind says)
+             target   (N,)    int64, the class explained
+             heatmap  (N, H, W) float32: the method's map, normalised as the CLI shows it (percentile of |map|,
+                      100 for CAM maps, 99 for pixel maps; [0, 1], or [-1, 1] for signed maps), or raw
+
+The seed of the backward pass is the one-hot of `target` (computed in the graph from `class` and the scores),
+the same seed the Python API builds for a class or for the top class. The map equations are postprocess.py's,
+the very functions the Python methods run with numpy, emitted here with postprocess.OnnxOps.
+Only default-domain ONNX ops are used; the file runs in any ONNX runtime.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import postprocess as pp
+from .errors import MethodError
+
+IMAGE, CLASS, SCORES, TARGET, HEATMAP = "image", "class", "scores", "target", "heatmap"
+CAM_FAMILY = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
+GRADIENT_FAMILY = ("saliency", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet")
+EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam",)
+
+
+def _seed_nodes(score: str, seed: str, p: str = "export/seed") -> tuple[list, list]:
+    """Nodes: target = class < 0 ? argmax_k score : class;  seed = one-hot(target) shaped like score (N, K)."""
+    init = [
+        numpy_helper.from_array(np.array(0, np.int64), f"{p}/zero"),
+        numpy_helper.from_array(np.array(1, np.int64), f"{p}/one"),
+        numpy_helper.from_array(np.array([1], np.int64), f"{p}/axis1"),
+        numpy_helper.from_array(np.array([-1], np.int64), CLASS),  # default of the optional input: the top class
+    ]
+    nodes = [
+        helper.make_node("ArgMax", [score], [f"{p}/top"], axis=1, keepdims=0, select_last_index=0),
+        helper.make_node("Less", [CLASS, f"{p}/zero"], [f"{p}/use_top"]),
+        helper.make_node("Where", [f"{p}/use_top", f"{p}/top", CLASS], [f"{p}/target"]),
+        helper.make_node("Shape", [score], [f"{p}/shape"]),
+        helper.make_node("Gather", [f"{p}/shape", f"{p}/one"], [f"{p}/k"], axis=0),
+        helper.make_node("Range", [f"{p}/zero", f"{p}/k", f"{p}/one"], [f"{p}/classes"]),
+        helper.make_node("Unsqueeze", [f"{p}/target", f"{p}/axis1"], [f"{p}/target_column"]),
+        helper.make_node("Equal", [f"{p}/target_column", f"{p}/classes"], [f"{p}/hit"]),
+        helper.make_node("Cast", [f"{p}/hit"], [seed], to=TensorProto.FLOAT),
+    ]
+    for i, node in enumerate(nodes):
+        node.name = f"{p}/{i}"
+    return nodes, init
+
+
+def _gradient_part(ex, layers, ruleset, input_grad, prefix=None):
+    """(model, score name, seed input name) of the gradient graph; with a prefix every name but the input is
+    prefixed (a second backward pass in the same file)."""
+    from .autodiff.augment import gradient_model
+
+    model, score = gradient_model(ex.graph, list(layers), ruleset, ex.target_kind, input_grad=input_grad)
+    inits = {i.name for i in model.graph.initializer}
+    seed = [i.name for i in model.graph.input if i.name not in inits and i.name != ex.graph.input_name][0]
+    if prefix:
+        model = onnx.compose.add_prefix(model, prefix)
+        # the prefixed model reads the shared input
+        old = prefix + ex.graph.input_name
+        for node in model.graph.node:
+            node.input[:] = [ex.graph.input_name if i == old else i for i in node.input]
+        score, seed = prefix + score, prefix + seed
+    return model, score, seed
+
+
+def _prune(graph: onnx.GraphProto, outputs: list[str]) -> None:
+    """Keep only the nodes and initializers the outputs need."""
+    needed = set(outputs)
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:  # subgraphs (If/Loop) read outer names
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    for n in sub.node:
+                        needed.update(n.input)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    inits = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    names = {i.name for i in inits}
+    vi = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(vi)
+    inputs = [i for i in graph.input if i.name in needed or i.name in names]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
+def _to_nchw(ops, t, layout):
+    return ops.transpose(t, (0, 3, 1, 2)) if layout == "NHWC" else t
+
+
+def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, **options) -> onnx.ModelProto:
+    """The explanation model of Explainer `ex` for `method` (see the module docstring)."""
+    from .methods import METHODS
+
+    graph = ex.graph
+    if method not in EXPORTABLE:
+        raise MethodError(f"export --method takes one of {', '.join(EXPORTABLE)}; {method!r} is not exportable")
+    if graph.class_axis != 1 or graph.score_shape is None or len(graph.score_shape) != 1:
+        raise MethodError("export --method needs a classifier (scores N x K); export without --method writes the "
+                          "gradient graph of any model")
+    if len(graph.input_shape) != 4 or None in graph.spatial_shape:
+        raise MethodError("export --method needs an image input with a fixed size (use --size)")
+    impl = METHODS[method](ex, **options)
+    layout = graph.layout
+    height, width = graph.spatial_shape
+    x = graph.input_name
+
+    second = None
+    if method in CAM_FAMILY or method == "guided_grad_cam":
+        layer = ex.layer
+        model, score, seed = _gradient_part(ex, [layer.tensor], "gradient", input_grad=False)
+        if method == "guided_grad_cam":
+            second, _, seed2 = _gradient_part(ex, [], "guided_backprop", input_grad=True, prefix="guided/")
+    else:
+        model, score, seed = _gradient_part(ex, [], impl.ruleset, input_grad=True)
+    g = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    ops = pp.OnnxOps(opset, prefix="export/post")
+
+    # the seed: from the `class` input and the scores
+    seed_nodes, seed_init = _seed_nodes(score, "export/seed/onehot")
+    rename = {seed: "export/seed/onehot"}
+    if second is not None:
+        rename[seed2] = "export/seed/onehot"
+    nodes = list(g.node) + (list(second.graph.node) if second is not None else [])
+    for node in nodes:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+
+    # the map equations (postprocess.py, ONNX back end)
+    if method in CAM_FAMILY or method == "guided_grad_cam":
+        a = _to_nchw(ops, layer.tensor, layer.layout or "NCHW")
+        grad = _to_nchw(ops, f"{layer.tensor}_grad", layer.layout or "NCHW")
+        cam_impl = impl if method != "guided_grad_cam" else METHODS["grad_cam"](ex)
+        small = cam_impl.cam_map(a, grad, "export/seed/onehot", ops)
+        h, w = layer.spatial
+        heat = pp.upsample(ops, small, (h, w), (height, width))
+        if method == "guided_grad_cam":
+            guided = _to_nchw(ops, f"guided/{x}_grad", layout)
+            product = pp.guided_product(ops, guided, heat)
+            heat = pp.reduce_channels(ops, product, impl.options["reduce"], 1)
+    else:
+        attributions = impl.finish(x, f"{x}_grad", ops)
+        heat = pp.reduce_channels(ops, attributions, impl.options["reduce"], 3 if layout == "NHWC" else 1)
+    if normalize:
+        heat = pp.normalize(ops, heat, height * width, pp.display_percentile(method), bool(impl.signed))
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    og = out.graph
+    del og.node[:]
+    # order: forward + backward of the first pass must follow the seed, which follows the score: a topological sort
+    all_nodes = nodes + seed_nodes + ops.nodes + [
+        helper.make_node("Identity", [score], [SCORES], name="export/scores"),
+        helper.make_node("Identity", ["export/seed/target"], [TARGET], name="export/target"),
+        helper.make_node("Identity", [heat], [HEATMAP], name="export/heatmap"),
+    ]
+    og.node.extend(_toposort(all_nodes, {x, CLASS} | {i.name for i in g.initializer}
+                             | ({i.name for i in second.graph.initializer} if second is not None else set())
+                             | {i.name for i in seed_init} | {i.name for i in ops.initializers}))
+    if second is not None:
+        og.initializer.extend(second.graph.initializer)
+    og.initializer.extend(seed_init + ops.initializers)
+    # interface: image, class -> scores, target, heatmap
+    image_info = next(i for i in g.input if i.name == x)
+    del og.input[:]
+    og.input.extend([copy.deepcopy(image_info), helper.make_tensor_value_info(CLASS, TensorProto.INT64, ["C"])])
+    del og.output[:]
+    score_type = next((v for v in list(g.output) + list(g.value_info) if v.name == score), None)
+    score_elem = score_type.type.tensor_type.elem_type if score_type is not None else TensorProto.FLOAT
+    og.output.extend([
+        helper.make_tensor_value_info(SCORES, score_elem, ["N", graph.score_shape[0]]),
+        helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]),
+        helper.make_tensor_value_info(HEATMAP, TensorProto.FLOAT, ["N", height, width]),
+    ])
+    del og.value_info[:]
+    _prune(og, [SCORES, TARGET, HEATMAP])
+    _rename_input(og, x, IMAGE)
+    og.name = f"{og.name or 'model'} + {method} heatmap (onnxsal)"
+    out.doc_string = (f"onnxsal explanation model: {method}; inputs image{' (class: int64, -1 = top)'}; outputs scores, "
+                      f"target, heatmap ({'normalised' if normalize else 'raw'})")
+    onnx.checker.check_model(out)
+    return out
+
+
+def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                for n in sub.node:
+                    n.input[:] = [new if i == old else i for i in n.input]
+    for i in graph.input:
+        if i.name == old:
+            i.name = new
+
+
+def _toposort(nodes: list, available: set) -> list:
+    """Nodes in an order where every input is produced before it is read (Kahn's algorithm, stable)."""
+    producers = {}
+    for k, node in enumerate(nodes):
+        for o in node.output:
+            producers[o] = k
+    deps = []
+    for node in nodes:
+        d = set()
+        for i in node.input:
+            if i and i not in available and i in producers:
+                d.add(producers[i])
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                for n in sub.node:
+                    d.update(producers[i] for i in n.input if i in producers and i not in available)
+        deps.append(d)
+    users: dict[int, list[int]] = {}
+    for k, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(k)
+    remaining = [len(d) for d in deps]
+    import heapq
+
+    ready = [k for k, r in enumerate(remaining) if r == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(nodes[k])
+        for u in users.get(k, []):
+            remaining[u] -= 1
+            if remaining[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise MethodError("internal error: the explanation graph has a cycle")
+    return order
