@@ -202,6 +202,19 @@ class Explainer:
             logits=scores if self.target_kind == "logit" and scores.ndim == 2 else None,
         )
 
+    def export(self, path=None, method: str = "grad_cam", *, normalize: bool = True, **options):
+        """An ONNX model from image to heatmap (onnxsal/export.py): inputs `image` and optional int64 `class`
+        (-1 = top), outputs `scores`, `target`, `heatmap` (N, H, W), normalised as the CLI shows maps unless
+        normalize=False. Written to `path` when given; returns the onnx.ModelProto."""
+        from .export import export_model
+
+        model = export_model(self, method, normalize=normalize, **options)
+        if path is not None:
+            from .files import write_output
+
+            write_output(Path(path), model.SerializeToString())
+        return model
+
     def _known_score_shape(self) -> tuple | None:
         """The score tensor's shape without the batch axis, when shape inference knows it."""
         return self.graph.score_shape

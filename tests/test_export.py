@@ -1,0 +1,118 @@
+"""export --method: the exported image -> heatmap graph, run in plain onnxruntime, against the Python API
+(the issue's criterion: <= 1e-5 on the normalised heatmap), on small torch models, an NHWC graph and the zoo
+MobileNetV2 with the bundled photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+import torch_models as tm
+from onnxsal import Explainer, postprocess as pp, zoo
+from onnxsal.cli import main
+from onnxsal.errors import MethodError
+from onnxsal.export import EXPORTABLE
+from onnxsal.preprocess import load_image
+
+TOL = 1e-5
+
+
+def run(model: onnx.ModelProto, x, classes=None):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"image": x}
+    if classes is not None:
+        feeds["class"] = np.asarray(classes, np.int64)
+    return session.run(["scores", "target", "heatmap"], feeds)
+
+
+def python_heatmap(ex, x, method, target="top", normalize=True):
+    res = ex.explain(x, method, target=target)
+    maps = res.maps
+    if normalize:
+        h, w = ex.graph.spatial_shape
+        maps = pp.normalize(pp.NUMPY, maps, h * w, pp.display_percentile(method), res.signed)
+    return res, maps
+
+
+def check(ex, x, method, classes=None):
+    model = ex.export(None, method)
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    assert [i.name for i in model.graph.input] == ["image", "class"]
+    scores, target, heat = run(model, x, classes)
+    target_arg = "top" if classes is None else [int(c) if c >= 0 else None for c in classes]
+    if classes is not None and any(c < 0 for c in classes):  # -1: the top class of that sample
+        top = ex.predict(x).argmax(axis=1)
+        target_arg = [int(c) if c >= 0 else int(t) for c, t in zip(classes, top)]
+    res, want = python_heatmap(ex, x, method, target_arg)
+    np.testing.assert_array_equal(target, res.targets)
+    np.testing.assert_allclose(scores, ex.predict(x), rtol=1e-6, atol=1e-6)
+    assert heat.shape == (len(x), *ex.graph.spatial_shape) and heat.dtype == np.float32
+    assert np.abs(heat).max() > 0.5  # a real map, not zeros everywhere
+    err = np.abs(heat - want).max()
+    assert err <= TOL, f"{method}: max abs difference {err:.2e}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return Explainer(tm.export(tm.build("resnet"), "torchscript", dynamic=True))
+
+
+@pytest.mark.parametrize("method", EXPORTABLE)
+def test_every_exportable_method_equals_the_python_api(resnet, method):
+    x = np.random.default_rng(3).standard_normal((3, 3, tm.SIZE, tm.SIZE)).astype(np.float32)
+    check(resnet, x, method)
+    check(resnet, x, method, classes=[4, -1, 9])
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "saliency", "gradient_x_input"])
+def test_raw_heatmap(resnet, method):
+    x = np.random.default_rng(4).standard_normal((2, 3, tm.SIZE, tm.SIZE)).astype(np.float32)
+    _, _, heat = run(resnet.export(None, method, normalize=False), x)
+    _, want = python_heatmap(resnet, x, method, normalize=False)
+    assert np.abs(heat - want).max() <= TOL * np.abs(want).max()
+
+
+def test_nhwc_model():
+    from test_graph import nhwc_model
+
+    ex = Explainer(nhwc_model())
+    x = np.random.default_rng(5).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    for method in ("grad_cam", "layer_cam", "saliency", "guided_grad_cam"):
+        check(ex, x, method)
+
+
+def test_refusals(resnet):
+    with pytest.raises(MethodError, match="not exportable"):
+        resnet.export(None, "rise")
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    ex = Explainer("mobilenet_v2")
+    photos = [load_image(zoo.example_image(name)) for name in ("chelsea", "coffee")]
+    return ex, ex.preprocessing.batch(photos)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["grad_cam", "saliency", "cam", "guided_grad_cam", "gradient_x_input"])
+def test_zoo_mobilenet_v2(mobilenet, method):
+    ex, x = mobilenet
+    res = check(ex, x, method)
+    assert res.targets[0] in (281, 282, 285, 287) and res.targets[1] == 967  # cat, espresso
+
+
+def test_cli_export_method(tmp_path, mobilenet):
+    ex, x = mobilenet
+    out = tmp_path / "explain.onnx"
+    result = CliRunner().invoke(main, ["export", "mobilenet_v2", "--method", "grad_cam", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "input   image" in result.output and "output  heatmap" in result.output
+    _, target, heat = run(onnx.load(str(out)), x[:1])
+    _, want = python_heatmap(ex, x[:1], "grad_cam")
+    assert target[0] in (281, 282, 285, 287) and np.abs(heat - want).max() <= TOL
+    result = CliRunner().invoke(main, ["export", "mobilenet_v2", "--method", "rise", "-o", str(out)])
+    assert result.exit_code == 1 and "not exportable" in result.output
