@@ -202,13 +202,14 @@ class Explainer:
             logits=scores if self.target_kind == "logit" and scores.ndim == 2 else None,
         )
 
-    def export(self, path=None, method: str = "grad_cam", *, normalize: bool = True, **options):
-        """An ONNX model from image to heatmap (onnxsal/export.py): inputs `image` and optional int64 `class`
-        (-1 = top), outputs `scores`, `target`, `heatmap` (N, H, W), normalised as the CLI shows maps unless
-        normalize=False. Written to `path` when given; returns the onnx.ModelProto."""
+    def export(self, path=None, method: str = "grad_cam", *, normalize: bool = True, class_input: bool = True, **options):
+        """An ONNX model from image to heatmap (onnxsal/export.py): inputs `image` and int64 `class` ((N,) or (1,);
+        -1 = top; left out with class_input=False: always the top class), outputs `scores`, `target`, `heatmap`
+        (N, H, W), normalised as the CLI shows maps unless normalize=False. Written to `path` when given;
+        returns the onnx.ModelProto. `options` are the method's (e.g. reduce='sum')."""
         from .export import export_model
 
-        model = export_model(self, method, normalize=normalize, **options)
+        model = export_model(self, method, normalize=normalize, class_input=class_input, **options)
         if path is not None:
             from .files import write_output
 

@@ -1,7 +1,9 @@
 """One ONNX file from image to heatmap: the gradient graph plus the method's map equations as ONNX nodes.
 
     inputs   image  (the model's input: N x C x H x W or N x H x W x C, float, already preprocessed)
-             class  int64 (N,) or (1,), optional: the class explained per sample; -1 (the default) = top class
+             class  int64 (N,) or (1,): the class explained per sample; -1 = top class. ONNX has no optional
+                    inputs that every runtime honours (onnxruntime-node ignores feeds for initializer-backed
+                    inputs), so it is a plain input; class_input=False leaves it out: the top class, always
     outputs  scores   (N, K)  the explained score (logits by default, as target_kind says)
              target   (N,)    int64, the class explained
              heatmap  (N, H, W) float32: the method's map, normalised as the CLI shows it (percentile of |map|,
@@ -30,14 +32,15 @@ GRADIENT_FAMILY = ("saliency", "sensitivity", "gradient_x_input", "guided_backpr
 EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam",)
 
 
-def _seed_nodes(score: str, seed: str, p: str = "export/seed") -> tuple[list, list]:
+def _seed_nodes(score: str, seed: str, class_input: bool, p: str = "export/seed") -> tuple[list, list]:
     """Nodes: target = class < 0 ? argmax_k score : class;  seed = one-hot(target) shaped like score (N, K)."""
     init = [
         numpy_helper.from_array(np.array(0, np.int64), f"{p}/zero"),
         numpy_helper.from_array(np.array(1, np.int64), f"{p}/one"),
         numpy_helper.from_array(np.array([1], np.int64), f"{p}/axis1"),
-        numpy_helper.from_array(np.array([-1], np.int64), CLASS),  # default of the optional input: the top class
     ]
+    if not class_input:  # always the top class
+        init.append(numpy_helper.from_array(np.array([-1], np.int64), CLASS))
     nodes = [
         helper.make_node("ArgMax", [score], [f"{p}/top"], axis=1, keepdims=0, select_last_index=0),
         helper.make_node("Less", [CLASS, f"{p}/zero"], [f"{p}/use_top"]),
@@ -102,7 +105,8 @@ def _to_nchw(ops, t, layout):
     return ops.transpose(t, (0, 3, 1, 2)) if layout == "NHWC" else t
 
 
-def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, **options) -> onnx.ModelProto:
+def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_input: bool = True,
+                 **options) -> onnx.ModelProto:
     """The explanation model of Explainer `ex` for `method` (see the module docstring)."""
     from .methods import METHODS
 
@@ -132,7 +136,7 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, **opti
     ops = pp.OnnxOps(opset, prefix="export/post")
 
     # the seed: from the `class` input and the scores
-    seed_nodes, seed_init = _seed_nodes(score, "export/seed/onehot")
+    seed_nodes, seed_init = _seed_nodes(score, "export/seed/onehot", class_input)
     rename = {seed: "export/seed/onehot"}
     if second is not None:
         rename[seed2] = "export/seed/onehot"
@@ -177,7 +181,9 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, **opti
     # interface: image, class -> scores, target, heatmap
     image_info = next(i for i in g.input if i.name == x)
     del og.input[:]
-    og.input.extend([copy.deepcopy(image_info), helper.make_tensor_value_info(CLASS, TensorProto.INT64, ["C"])])
+    og.input.append(copy.deepcopy(image_info))
+    if class_input:
+        og.input.append(helper.make_tensor_value_info(CLASS, TensorProto.INT64, ["C"]))
     del og.output[:]
     score_type = next((v for v in list(g.output) + list(g.value_info) if v.name == score), None)
     score_elem = score_type.type.tensor_type.elem_type if score_type is not None else TensorProto.FLOAT
@@ -190,7 +196,7 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, **opti
     _prune(og, [SCORES, TARGET, HEATMAP])
     _rename_input(og, x, IMAGE)
     og.name = f"{og.name or 'model'} + {method} heatmap (onnxsal)"
-    out.doc_string = (f"onnxsal explanation model: {method}; inputs image{' (class: int64, -1 = top)'}; outputs scores, "
+    out.doc_string = (f"onnxsal explanation model: {method}; inputs image{', class (int64, -1 = top)' if class_input else ''}; outputs scores, "
                       f"target, heatmap ({'normalised' if normalize else 'raw'})")
     onnx.checker.check_model(out)
     return out

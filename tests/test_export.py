@@ -23,8 +23,8 @@ TOL = 1e-5
 def run(model: onnx.ModelProto, x, classes=None):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {"image": x}
-    if classes is not None:
-        feeds["class"] = np.asarray(classes, np.int64)
+    if any(i.name == "class" for i in model.graph.input):
+        feeds["class"] = np.asarray([-1] if classes is None else classes, np.int64)
     return session.run(["scores", "target", "heatmap"], feeds)
 
 
@@ -83,6 +83,16 @@ def test_nhwc_model():
     x = np.random.default_rng(5).standard_normal((2, 8, 8, 3)).astype(np.float32)
     for method in ("grad_cam", "layer_cam", "saliency", "guided_grad_cam"):
         check(ex, x, method)
+
+
+def test_top_only_has_no_class_input(resnet):
+    x = np.random.default_rng(6).standard_normal((2, 3, tm.SIZE, tm.SIZE)).astype(np.float32)
+    model = resnet.export(None, "grad_cam", class_input=False)
+    assert [i.name for i in model.graph.input] == ["image"]
+    _, target, heat = run(model, x)
+    res, want = python_heatmap(resnet, x, "grad_cam")
+    np.testing.assert_array_equal(target, res.targets)
+    assert np.abs(heat - want).max() <= TOL
 
 
 def test_refusals(resnet):
