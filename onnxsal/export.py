@@ -8,6 +8,8 @@
              target   (N,)    int64, the class explained
              heatmap  (N, H, W) float32: the method's map, normalised as the CLI shows it (percentile of |map|,
                       100 for CAM maps, 99 for pixel maps; [0, 1], or [-1, 1] for signed maps), or raw
+             overlay  (N, H, W, 3) uint8, with overlay=True: the map over the photo (the input mapped back through
+                      the preprocessing) with the CLI's colormap and blend (postprocess.overlay), at the model's size
 
 The seed of the backward pass is the one-hot of `target` (computed in the graph from `class` and the scores),
 the same seed the Python API builds for a class or for the top class. The map equations are postprocess.py's,
@@ -26,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import postprocess as pp
 from .errors import MethodError
 
-IMAGE, CLASS, SCORES, TARGET, HEATMAP = "image", "class", "scores", "target", "heatmap"
+IMAGE, CLASS, SCORES, TARGET, HEATMAP, OVERLAY = "image", "class", "scores", "target", "heatmap", "overlay"
 CAM_FAMILY = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
 GRADIENT_FAMILY = ("saliency", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet")
 EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam",)
@@ -106,7 +108,7 @@ def _to_nchw(ops, t, layout):
 
 
 def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_input: bool = True,
-                 **options) -> onnx.ModelProto:
+                 overlay: bool = False, cmap: str | None = None, alpha: float = 0.6, **options) -> onnx.ModelProto:
     """The explanation model of Explainer `ex` for `method` (see the module docstring)."""
     from .methods import METHODS
 
@@ -120,6 +122,10 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         raise MethodError("export --method needs an image input with a fixed size (use --size)")
     impl = METHODS[method](ex, **options)
     layout = graph.layout
+    prep = ex.preprocessing
+    if overlay and (prep is None or prep.channels != 3):
+        raise MethodError("--overlay draws on the photo, which the graph recovers through the model's preprocessing: "
+                          "give an RGB preprocessing (a zoo model, or a .preprocess.json sidecar)")
     height, width = graph.spatial_shape
     x = graph.input_name
 
@@ -159,8 +165,21 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
     else:
         attributions = impl.finish(x, f"{x}_grad", ops)
         heat = pp.reduce_channels(ops, attributions, impl.options["reduce"], 3 if layout == "NHWC" else 1)
-    if normalize:
-        heat = pp.normalize(ops, heat, height * width, pp.display_percentile(method), bool(impl.signed))
+    raw_heat = heat
+    signed = bool(impl.signed)
+    if normalize or overlay:
+        heat = pp.normalize(ops, heat, height * width, pp.display_percentile(method), signed)
+    picture = None
+    if overlay:
+        from . import viz
+        from .workflow import SMOOTH_MAPS
+
+        smooth = method in SMOOTH_MAPS
+        photo = pp.photo_from_input(ops, x, layout, prep.scale, prep.mean, prep.std, prep.bgr)
+        lut = viz.colormap(cmap or viz.default_cmap(signed, smooth))
+        picture = pp.overlay(ops, photo, heat, signed, smooth, lut, min(alpha, 0.5) if smooth else alpha)
+    if not normalize:
+        heat = raw_heat
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -171,7 +190,7 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         helper.make_node("Identity", [score], [SCORES], name="export/scores"),
         helper.make_node("Identity", ["export/seed/target"], [TARGET], name="export/target"),
         helper.make_node("Identity", [heat], [HEATMAP], name="export/heatmap"),
-    ]
+    ] + ([helper.make_node("Identity", [picture], [OVERLAY], name="export/overlay")] if overlay else [])
     og.node.extend(_toposort(all_nodes, {x, CLASS} | {i.name for i in g.initializer}
                              | ({i.name for i in second.graph.initializer} if second is not None else set())
                              | {i.name for i in seed_init} | {i.name for i in ops.initializers}))
@@ -192,8 +211,10 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]),
         helper.make_tensor_value_info(HEATMAP, TensorProto.FLOAT, ["N", height, width]),
     ])
+    if overlay:
+        og.output.append(helper.make_tensor_value_info(OVERLAY, TensorProto.UINT8, ["N", height, width, 3]))
     del og.value_info[:]
-    _prune(og, [SCORES, TARGET, HEATMAP])
+    _prune(og, [o.name for o in og.output])
     _rename_input(og, x, IMAGE)
     og.name = f"{og.name or 'model'} + {method} heatmap (onnxsal)"
     out.doc_string = (f"onnxsal explanation model: {method}; inputs image{', class (int64, -1 = top)' if class_input else ''}; outputs scores, "

@@ -101,6 +101,19 @@ class NumpyOps:
     def take(self, a, index, axis):
         return np.take(a, np.asarray(index, np.int64), axis=axis)
 
+    def lookup(self, table, index):
+        """table (T, ...) constant, index an int64 array: table[index]."""
+        return np.asarray(table)[index]
+
+    def floor(self, a):
+        return np.floor(a)
+
+    def round(self, a):
+        return np.round(a)  # half to even, as ONNX Round
+
+    def cast(self, a, dtype):
+        return a.astype(dtype)
+
 
 NUMPY = NumpyOps()
 
@@ -204,6 +217,18 @@ class OnnxOps:
     def take(self, a, index, axis):
         return self.node("Gather", [a, self.const(index, np.int64)], axis=axis)
 
+    def lookup(self, table, index):
+        return self.node("Gather", [self.const(table, np.asarray(table).dtype), index], axis=0)
+
+    def floor(self, a):
+        return self.node("Floor", [a])
+
+    def round(self, a):
+        return self.node("Round", [a])
+
+    def cast(self, a, dtype):
+        return self.node("Cast", [a], to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
 
 # -- equations -------------------------------------------------------------------------------------------
 
@@ -298,6 +323,41 @@ def normalize(ops, maps, n_pixels: int, q: float = 99.0, signed: bool = False):
     positive = ops.greater(p, 0.0)
     scaled = ops.where(positive, ops.div(maps, ops.where(positive, p, 1.0)), 0.0)
     return ops.minimum(ops.maximum(scaled, -1.0 if signed else 0.0), 1.0)
+
+
+def overlay(ops, photo, values, signed: bool, smooth: bool, lut: np.ndarray, alpha: float = 0.6):
+    """(N, H, W, 3) uint8: the normalised map `values` (N, H, W) drawn over `photo` (N, H, W, 3) floats in 0..255.
+
+    colour = lut[floor(clip(v' 255 + 1/2, 0, 255))], v' = v (or (v + 1) / 2 when signed), lut a (256, 3) table;
+    smooth (CAM) maps: out = (1 - alpha) photo + alpha colour;
+    pixel maps: base = (photo / 2 + gray / 2)(1 - 3 alpha / 4) (gray: the channel mean), weight = sqrt(|v|)
+    (|v| when signed) clipped to [0, 1]: out = (1 - weight) base + weight colour;
+    out = floor(clip(out + 1/2, 0, 255)) as uint8.
+    """
+    shifted = ops.mul(ops.add(values, 1.0), 0.5) if signed else values
+    index = ops.floor(ops.minimum(ops.maximum(ops.add(ops.mul(shifted, 255.0), 0.5), 0.0), 255.0))
+    colors = ops.lookup(np.asarray(lut, np.float32), ops.cast(index, np.int64))  # (N, H, W, 3)
+    if smooth:
+        mixed = ops.add(ops.mul(photo, np.float32(1 - alpha)), ops.mul(colors, np.float32(alpha)))
+    else:
+        gray = ops.mean(photo, axes=[3], keepdims=True)
+        base = ops.mul(ops.add(ops.mul(photo, 0.5), ops.mul(gray, 0.5)), np.float32(1 - alpha * 0.75))
+        strength = ops.minimum(ops.abs(values), 1.0)
+        weight = ops.unsqueeze(strength if signed else ops.sqrt(strength), [3])
+        mixed = ops.add(ops.mul(ops.sub(1.0, weight), base), ops.mul(weight, colors))
+    return ops.cast(ops.floor(ops.minimum(ops.maximum(ops.add(mixed, 0.5), 0.0), 255.0)), np.uint8)
+
+
+def photo_from_input(ops, x, layout: str, scale: float, mean, std, bgr: bool = False):
+    """(N, H, W, 3) pixels 0..255 back from the model input x = (pixel * scale - mean) / std (preprocess.py):
+    pixel = round((x std + mean) / scale), clipped to 0..255, RGB, channels last."""
+    if layout != "NHWC":
+        x = ops.transpose(x, (0, 2, 3, 1))
+    values = ops.add(ops.mul(x, np.asarray(std, np.float32)), np.asarray(mean, np.float32))  # mean, std: model order
+    if bgr:
+        values = ops.take(values, [2, 1, 0], axis=3)
+    pixels = ops.round(ops.div(values, np.float32(scale)))
+    return ops.minimum(ops.maximum(pixels, 0.0), 255.0)
 
 
 def display_percentile(method: str) -> float:

@@ -126,3 +126,26 @@ def test_cli_export_method(tmp_path, mobilenet):
     assert target[0] in (281, 282, 285, 287) and np.abs(heat - want).max() <= TOL
     result = CliRunner().invoke(main, ["export", "mobilenet_v2", "--method", "rise", "-o", str(out)])
     assert result.exit_code == 1 and "not exportable" in result.output
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "saliency", "gradient_x_input"])
+def test_overlay_equals_the_cli_picture_at_model_size(mobilenet, method):
+    from PIL import Image
+
+    from onnxsal import viz
+    from onnxsal.workflow import SMOOTH_MAPS
+
+    ex, x = mobilenet
+    model = ex.export(None, method, overlay=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    heat, picture = session.run(["heatmap", "overlay"], {"image": x, "class": np.array([-1], np.int64)})
+    assert picture.shape == (2, 224, 224, 3) and picture.dtype == np.uint8
+    smooth = method in SMOOTH_MAPS
+    for k, name in enumerate(("chelsea", "coffee")):
+        photo = ex.preprocessing.geometry(load_image(zoo.example_image(name))).convert("RGB")  # what the model saw
+        res, want_map = python_heatmap(ex, x[k:k + 1], method)
+        want = np.asarray(viz.overlay(photo, want_map[0], res.signed, None, 0.5 if smooth else 0.6, smooth=smooth))
+        diff = np.abs(picture[k].astype(int) - want.astype(int))
+        # a heatmap difference of 1e-6 may move a pixel across a colormap entry: one entry of jet is at most 4 units
+        # per channel (alpha 0.5 -> 2), so a few pixels differ by up to 2; everything else is identical
+        assert diff.max() <= 2 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())

@@ -14,7 +14,7 @@ from onnxsal import kernels, postprocess as pp, viz
 R = np.random.default_rng(5)
 
 
-def run_onnx(fn, *arrays, opset=17, shape=None):
+def run_onnx(fn, *arrays, opset=17, shape=None, dtype=np.float32):
     """fn(ops, *names) built as an ONNX graph with the arrays as inputs, run by onnxruntime."""
     ops = pp.OnnxOps(opset)
     names = [f"in{i}" for i in range(len(arrays))]
@@ -23,7 +23,7 @@ def run_onnx(fn, *arrays, opset=17, shape=None):
         return arrays[names.index(out)]
     inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in zip(names, arrays)]
     graph = helper.make_graph(ops.nodes + [helper.make_node("Identity", [out], ["out"])], "t", inputs,
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)], ops.initializers)
+                              [helper.make_tensor_value_info("out", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)], ops.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -34,7 +34,7 @@ def run_onnx(fn, *arrays, opset=17, shape=None):
 
 def both(fn, *arrays, opset=17):
     here = fn(pp.NUMPY, *arrays)
-    return here, run_onnx(fn, *arrays, opset=opset, shape=np.shape(here))
+    return here, run_onnx(fn, *arrays, opset=opset, shape=np.shape(here), dtype=np.asarray(here).dtype)
 
 
 def f32(*shape):
@@ -140,3 +140,32 @@ def test_guided_product_by_hand():
     cam = np.array([[[0, 1], [2, 0.5]]], np.float32)
     for got in both(pp.guided_product, g, cam):
         np.testing.assert_array_equal(got, [[[[0, 1], [4, 1.5]], [[0, 5], [12, 3.5]]]])
+
+
+def test_overlay_by_hand():
+    lut = np.stack([np.arange(256), 255 - np.arange(256), np.zeros(256)], axis=1).astype(np.uint8)  # lut[i] = (i, 255-i, 0)
+    photo = np.array([[[[100, 50, 0]]]], np.float32)
+    # smooth, alpha 0.5, v = 1: colour lut[255] = (255, 0, 0); 0.5 photo + 0.5 colour + 0.5, floored
+    for got in both(lambda ops, p, v: pp.overlay(ops, p, v, False, True, lut, 0.5), photo, np.ones((1, 1, 1), np.float32)):
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got.ravel(), [178, 25, 0])
+    # pixel map, alpha 0.6, v = 0.25: gray 50, base = (75, 50, 25) * 0.55; colour lut[64] = (64, 191, 0); weight sqrt(.25)
+    for got in both(lambda ops, p, v: pp.overlay(ops, p, v, False, False, lut, 0.6), photo, np.full((1, 1, 1), 0.25, np.float32)):
+        np.testing.assert_array_equal(got.ravel(), [53, 109, 7])
+    # signed, v = -0.5: index of (v + 1) / 2 = 0.25 -> 64 again, weight |v| = 0.5: the same pixel
+    for got in both(lambda ops, p, v: pp.overlay(ops, p, v, True, False, lut, 0.6), photo, np.full((1, 1, 1), -0.5, np.float32)):
+        np.testing.assert_array_equal(got.ravel(), [53, 109, 7])
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("bgr", [False, True])
+def test_photo_from_input_recovers_the_pixels(layout, bgr):
+    from onnxsal.preprocess import Preprocessing
+
+    prep = Preprocessing(size=4, crop=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), layout=layout, bgr=bgr)
+    pixels = R.integers(0, 256, (2, 4, 5, 3)).astype(np.uint8)
+    x = np.stack([prep.normalize(p) for p in pixels])
+    if layout == "NCHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    for got in both(lambda ops, t: pp.photo_from_input(ops, t, layout, prep.scale, prep.mean, prep.std, bgr), x):
+        np.testing.assert_array_equal(got, pixels)
