@@ -8,8 +8,6 @@ pinned packages cannot be installed (no registry)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,27 +16,14 @@ import pytest
 
 from onnxsal import Explainer, postprocess as pp, zoo
 from onnxsal.preprocess import load_image
+from web_helpers import WEB, require_node_modules
 
-WEB = Path(__file__).resolve().parents[1] / "web"
 TOL = 1e-4
-
-
-def npm_install_once() -> None:
-    if (WEB / "node_modules" / "onnxruntime-node" / "package.json").exists():
-        return
-    env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}
-    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB, env=env, capture_output=True, text=True,
-                          timeout=600)
-    if done.returncode != 0:
-        pytest.skip(f"onnxruntime-node cannot be installed here (npm ci failed): {done.stderr.strip()[-300:]}")
 
 
 @pytest.fixture(scope="module")
 def node_ready():
-    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed: the onnxruntime-node check needs Node.js")
-    npm_install_once()
+    require_node_modules("onnxruntime-node")
 
 
 @pytest.fixture(scope="module")
