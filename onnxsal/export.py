@@ -31,7 +31,7 @@ from .errors import MethodError
 IMAGE, CLASS, SCORES, TARGET, HEATMAP, OVERLAY = "image", "class", "scores", "target", "heatmap", "overlay"
 CAM_FAMILY = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
 GRADIENT_FAMILY = ("saliency", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet")
-EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam",)
+EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam", "integrated_gradients")
 
 
 def _seed_nodes(score: str, seed: str, class_input: bool, p: str = "export/seed") -> tuple[list, list]:
@@ -59,9 +59,9 @@ def _seed_nodes(score: str, seed: str, class_input: bool, p: str = "export/seed"
     return nodes, init
 
 
-def _gradient_part(ex, layers, ruleset, input_grad, prefix=None):
+def _gradient_part(ex, layers, ruleset, input_grad, prefix=None, input_from=None):
     """(model, score name, seed input name) of the gradient graph; with a prefix every name but the input is
-    prefixed (a second backward pass in the same file)."""
+    prefixed (a second backward pass in the same file); input_from: the tensor that pass reads instead of the input."""
     from .autodiff.augment import gradient_model
 
     model, score = gradient_model(ex.graph, list(layers), ruleset, ex.target_kind, input_grad=input_grad)
@@ -72,7 +72,7 @@ def _gradient_part(ex, layers, ruleset, input_grad, prefix=None):
         # the prefixed model reads the shared input
         old = prefix + ex.graph.input_name
         for node in model.graph.node:
-            node.input[:] = [ex.graph.input_name if i == old else i for i in node.input]
+            node.input[:] = [(input_from or ex.graph.input_name) if i == old else i for i in node.input]
         score, seed = prefix + score, prefix + seed
     return model, score, seed
 
@@ -130,7 +130,14 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
     x = graph.input_name
 
     second = None
-    if method in CAM_FAMILY or method == "guided_grad_cam":
+    if method == "integrated_gradients":
+        from .autodiff.augment import forward_model
+
+        ig = _ig_settings(ex, impl)
+        model, score = forward_model(graph, ex.target_kind)
+        seed = None
+        second, _, seed2 = _gradient_part(ex, [], "gradient", input_grad=True, prefix="ig/", input_from="export/ig/points")
+    elif method in CAM_FAMILY or method == "guided_grad_cam":
         layer = ex.layer
         model, score, seed = _gradient_part(ex, [layer.tensor], "gradient", input_grad=False)
         if method == "guided_grad_cam":
@@ -138,13 +145,17 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
     else:
         model, score, seed = _gradient_part(ex, [], impl.ruleset, input_grad=True)
     g = model.graph
+    if second is not None:
+        _share_weights(g, second.graph, "ig/" if method == "integrated_gradients" else "guided/")
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     ops = pp.OnnxOps(opset, prefix="export/post")
 
     # the seed: from the `class` input and the scores
     seed_nodes, seed_init = _seed_nodes(score, "export/seed/onehot", class_input)
-    rename = {seed: "export/seed/onehot"}
-    if second is not None:
+    rename = {seed: "export/seed/onehot"} if seed is not None else {}
+    if method == "integrated_gradients":  # every path point of sample i carries sample i's seed
+        rename[seed2] = "export/ig/seeds"
+    elif second is not None:
         rename[seed2] = "export/seed/onehot"
     nodes = list(g.node) + (list(second.graph.node) if second is not None else [])
     for node in nodes:
@@ -162,6 +173,16 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
             guided = _to_nchw(ops, f"guided/{x}_grad", layout)
             product = pp.guided_product(ops, guided, heat)
             heat = pp.reduce_channels(ops, product, impl.options["reduce"], 1)
+    elif method == "integrated_gradients":
+        alphas, weights, baseline = ig
+        shape = tuple(graph.input_shape[1:])
+        points = pp.path_points(ops, x, baseline, alphas, shape)
+        ops.nodes.append(helper.make_node("Identity", [points], ["export/ig/points"], name="export/ig/points"))
+        tile = ops.const([len(alphas), 1], np.int64)
+        ops.nodes.append(helper.make_node("Tile", ["export/seed/onehot", tile], ["export/ig/seeds"], name="export/ig/seeds"))
+        mean_grads = pp.path_integral(ops, f"ig/{x}_grad", weights, shape)
+        attributions = ops.mul(mean_grads, ops.sub(x, baseline))  # eq. 1: (x - x') * the integral
+        heat = pp.reduce_channels(ops, attributions, impl.options["reduce"], 3 if layout == "NHWC" else 1)
     else:
         attributions = impl.finish(x, f"{x}_grad", ops)
         heat = pp.reduce_channels(ops, attributions, impl.options["reduce"], 3 if layout == "NHWC" else 1)
@@ -221,6 +242,50 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
                       f"target, heatmap ({'normalised' if normalize else 'raw'})")
     onnx.checker.check_model(out)
     return out
+
+
+def _share_weights(first: onnx.GraphProto, second: onnx.GraphProto, prefix: str) -> None:
+    """The second (prefixed) pass reads the first pass's copy of every initializer they both hold: one copy of the weights."""
+    def key(t):
+        clone = onnx.TensorProto()
+        clone.CopyFrom(t)
+        clone.name = ""
+        return clone.SerializeToString()
+
+    mine = {t.name: t for t in first.initializer}
+    shared = {}
+    for t in second.initializer:
+        original = t.name[len(prefix):] if t.name.startswith(prefix) else None
+        if original in mine and key(mine[original]) == key(t):
+            shared[t.name] = original
+    if not shared:
+        return
+    for node in second.node:
+        node.input[:] = [shared.get(i, i) for i in node.input]
+    kept = [t for t in second.initializer if t.name not in shared]
+    del second.initializer[:]
+    second.initializer.extend(kept)
+
+
+def _ig_settings(ex, impl):
+    """(alphas, weights, baseline (1, C, 1, 1) or (1, 1, 1, C) constant) of a fixed-step Integrated Gradients."""
+    from .methods.integrated_gradients import quadrature
+
+    opts = impl.options
+    if opts["tolerance"] is not None:
+        raise MethodError("exported Integrated Gradients use a fixed number of steps; leave out tolerance")
+    spec = opts["baseline"]
+    if isinstance(spec, (list, tuple)) or (spec is not None and not isinstance(spec, (str, int, float))) \
+            or spec in ("blur", "uniform"):
+        raise MethodError("exported Integrated Gradients take one constant baseline: black, gray, zeros, mean or a number")
+    channels = ex.graph.input_shape[3 if ex.graph.layout == "NHWC" else 1]
+    probe = np.zeros((1, *ex.graph.input_shape[1:]), np.float32)
+    reference = ex.baselines(probe, spec)[0]  # constant per channel for these baselines
+    view = (1, 1, 1, channels) if ex.graph.layout == "NHWC" else (1, channels, 1, 1)
+    per_channel = reference.reshape(-1, channels) if ex.graph.layout == "NHWC" else reference.reshape(channels, -1).T
+    baseline = np.ascontiguousarray(per_channel[0].reshape(view), np.float32)
+    alphas, weights = quadrature(opts["integration"], int(opts["steps"]))
+    return alphas, weights, baseline
 
 
 def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -360,6 +360,24 @@ def photo_from_input(ops, x, layout: str, scale: float, mean, std, bgr: bool = F
     return ops.minimum(ops.maximum(pixels, 0.0), 255.0)
 
 
+def path_points(ops, x, baseline, alphas: np.ndarray, shape: tuple):
+    """Integrated Gradients' points b + a_k (x - b), step-major: (m N, ...) rows k N + i; `shape` = x's shape
+    without the batch axis, baseline broadcastable to x."""
+    m = len(alphas)
+    diff = ops.unsqueeze(ops.sub(x, baseline), [0])  # (1, N, ...)
+    steps = np.asarray(alphas, np.float32).reshape((m,) + (1,) * (len(shape) + 1))
+    points = ops.add(ops.mul(diff, steps), baseline)  # (m, N, ...)
+    return ops.reshape(points, [-1, *shape])
+
+
+def path_integral(ops, grads, weights: np.ndarray, shape: tuple):
+    """sum_k w_k grads[k N + i]: (m N, ...) -> (N, ...), the quadrature of the path gradients."""
+    m = len(weights)
+    per_step = ops.reshape(grads, [m, -1, *shape])
+    w = np.asarray(weights, np.float32).reshape((m,) + (1,) * (len(shape) + 1))
+    return ops.sum(ops.mul(per_step, w), axes=[0])
+
+
 def display_percentile(method: str) -> float:
     """The percentile the CLI scales a method's maps by: 100 (the maximum) for smooth CAM maps, else 99."""
     from .workflow import SMOOTH_MAPS

@@ -98,6 +98,23 @@ def test_top_only_has_no_class_input(resnet):
 def test_refusals(resnet):
     with pytest.raises(MethodError, match="not exportable"):
         resnet.export(None, "rise")
+    with pytest.raises(MethodError, match="fixed number of steps"):
+        resnet.export(None, "integrated_gradients", tolerance=0.01)
+    with pytest.raises(MethodError, match="one constant baseline"):
+        resnet.export(None, "integrated_gradients", baseline="blur")
+
+
+@pytest.mark.parametrize("options", [{"steps": 8, "baseline": "black"},
+                                     {"steps": 6, "baseline": "gray", "integration": "riemann_trapezoid"}])
+def test_integrated_gradients_on_the_zoo_model(mobilenet, options):
+    ex, x = mobilenet
+    model = ex.export(None, "integrated_gradients", normalize=False, **options)
+    _, target, heat = run(model, x)
+    res = ex.explain(x, "integrated_gradients", **options)
+    np.testing.assert_array_equal(target, res.targets)
+    assert np.abs(heat - res.maps).max() <= TOL * np.abs(res.maps).max()
+    # completeness (Sundararajan 2017, prop. 1) holds for the exported sum as for the Python one, up to the quadrature gap
+    assert np.allclose(heat.reshape(2, -1).sum(axis=1), res.maps.reshape(2, -1).sum(axis=1), rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
