@@ -173,6 +173,9 @@ def inspect(model, size, input_name, output_name, all_layers, as_json):
 @click.option("--top-only", is_flag=True, help="With --method: no `class` input; the top class is always explained.")
 @click.option("--overlay", is_flag=True, help="With --method: also output `overlay`, the map over the photo (uint8 RGB), "
                                                "drawn as `explain` draws it (needs the model's preprocessing).")
+@click.option("--with-preprocessing", is_flag=True,
+              help="With --method: `image` is uint8 RGB N x H x W x 3 of any size; the model's resize, crop and "
+                   "normalisation run in the graph (no antialiasing, unlike the Python decoder).")
 @click.option("--layer", "layers", multiple=True, help="Layer to expose with its gradient (tensor or node name, or 'auto'); repeatable.")
 @click.option("--rules", default="gradient", show_default=True, help="Rule set: gradient, guided_backprop or deconvnet.")
 @click.option("--target-kind", type=click.Choice(["logit", "probability", "log_probability"]), default="logit", show_default=True,
@@ -180,7 +183,7 @@ def inspect(model, size, input_name, output_name, all_layers, as_json):
 @click.option("--no-input-grad", is_flag=True, help="Only layer gradients (stops the backward pass at the layers).")
 @click.option("--size", type=SIZE, help="Input size (side or HxW), for models with a dynamic spatial size.")
 @io_names
-def export(model, output, method, raw, top_only, overlay, layers, rules, target_kind, no_input_grad, size, input_name, output_name):
+def export(model, output, method, raw, top_only, overlay, with_preprocessing, layers, rules, target_kind, no_input_grad, size, input_name, output_name):
     """Write MODEL's explanation graph: inputs <input> and seed, outputs <input>_grad, <layer>, <layer>_grad.
 
     The file runs in any ONNX runtime; feed `seed` shaped like the score (a one-hot row selects a class).
@@ -203,7 +206,8 @@ def export(model, output, method, raw, top_only, overlay, layers, rules, target_
         ex = Explainer(model, layer=layers[0] if layers else "auto", input_name=input_name, output_name=output_name,
                        target_kind=target_kind, input_shape=shape)
         _say_choices(ex.graph)
-        exported = ex.export(output, method, normalize=not raw, class_input=not top_only, overlay=overlay)
+        exported = ex.export(output, method, normalize=not raw, class_input=not top_only, overlay=overlay,
+                             with_preprocessing=with_preprocessing)
         click.echo(f"wrote {output}")
         for i in exported.graph.input:
             click.echo(f"  input   {i.name}" + ("  (int64, one per sample or one for all; -1 = top class)" if i.name == "class" else ""))

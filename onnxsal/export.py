@@ -108,7 +108,8 @@ def _to_nchw(ops, t, layout):
 
 
 def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_input: bool = True,
-                 overlay: bool = False, cmap: str | None = None, alpha: float = 0.6, **options) -> onnx.ModelProto:
+                 overlay: bool = False, cmap: str | None = None, alpha: float = 0.6, with_preprocessing: bool = False,
+                 **options) -> onnx.ModelProto:
     """The explanation model of Explainer `ex` for `method` (see the module docstring)."""
     from .methods import METHODS
 
@@ -123,6 +124,8 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
     impl = METHODS[method](ex, **options)
     layout = graph.layout
     prep = ex.preprocessing
+    if with_preprocessing:
+        _check_preprocessing(prep, graph)
     if overlay and (prep is None or prep.channels != 3):
         raise MethodError("--overlay draws on the photo, which the graph recovers through the model's preprocessing: "
                           "give an RGB preprocessing (a zoo model, or a .preprocess.json sidecar)")
@@ -201,6 +204,8 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         picture = pp.overlay(ops, photo, heat, signed, smooth, lut, min(alpha, 0.5) if smooth else alpha)
     if not normalize:
         heat = raw_heat
+    if with_preprocessing:  # image: uint8 (N, H0, W0, 3) -> the model's input tensor x
+        _preprocessing_nodes(ops, prep, layout, x)
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -212,7 +217,7 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         helper.make_node("Identity", ["export/seed/target"], [TARGET], name="export/target"),
         helper.make_node("Identity", [heat], [HEATMAP], name="export/heatmap"),
     ] + ([helper.make_node("Identity", [picture], [OVERLAY], name="export/overlay")] if overlay else [])
-    og.node.extend(_toposort(all_nodes, {x, CLASS} | {i.name for i in g.initializer}
+    og.node.extend(_toposort(all_nodes, {IMAGE if with_preprocessing else x, CLASS} | {i.name for i in g.initializer}
                              | ({i.name for i in second.graph.initializer} if second is not None else set())
                              | {i.name for i in seed_init} | {i.name for i in ops.initializers}))
     if second is not None:
@@ -221,7 +226,10 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
     # interface: image, class -> scores, target, heatmap
     image_info = next(i for i in g.input if i.name == x)
     del og.input[:]
-    og.input.append(copy.deepcopy(image_info))
+    if with_preprocessing:
+        og.input.append(helper.make_tensor_value_info(IMAGE, TensorProto.UINT8, ["N", "height", "width", 3]))
+    else:
+        og.input.append(copy.deepcopy(image_info))
     if class_input:
         og.input.append(helper.make_tensor_value_info(CLASS, TensorProto.INT64, ["C"]))
     del og.output[:]
@@ -236,7 +244,8 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         og.output.append(helper.make_tensor_value_info(OVERLAY, TensorProto.UINT8, ["N", height, width, 3]))
     del og.value_info[:]
     _prune(og, [o.name for o in og.output])
-    _rename_input(og, x, IMAGE)
+    if not with_preprocessing:
+        _rename_input(og, x, IMAGE)
     og.name = f"{og.name or 'model'} + {method} heatmap (onnxsal)"
     out.doc_string = (f"onnxsal explanation model: {method}; inputs image{', class (int64, -1 = top)' if class_input else ''}; outputs scores, "
                       f"target, heatmap ({'normalised' if normalize else 'raw'})")
@@ -286,6 +295,65 @@ def _ig_settings(ex, impl):
     baseline = np.ascontiguousarray(per_channel[0].reshape(view), np.float32)
     alphas, weights = quadrature(opts["integration"], int(opts["steps"]))
     return alphas, weights, baseline
+
+
+INTERPOLATION = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"}
+
+
+def _check_preprocessing(prep, graph) -> None:
+    if prep is None:
+        raise MethodError("--with-preprocessing needs the model's preprocessing (a zoo model, or a .preprocess.json sidecar)")
+    if prep.channels != 3 or prep.height != prep.width or prep.interpolation not in INTERPOLATION:
+        raise MethodError("--with-preprocessing covers RGB models with a square input and bilinear, bicubic or nearest "
+                          f"resizing; this one has {prep.channels} channel(s), size {prep.size}, {prep.interpolation}")
+    if tuple(graph.spatial_shape) != (prep.height, prep.width):
+        raise MethodError(f"the preprocessing's size {prep.size} differs from the model's input {graph.spatial_shape}")
+
+
+def _preprocessing_nodes(ops, prep, layout: str, out: str) -> None:
+    """`image` uint8 (N, H0, W0, 3) RGB -> `out`, the model input, as preprocess.py computes it (Resize, Slice, Sub, Div,
+    Transpose). resize_crop: resize so that the short side is round(size / crop), then the centre size x size;
+    crop_resize: the centre square of round(crop * short side), resized to size x size. Sizes are computed in float64
+    with round-half-even, as Python's round(). ONNX Resize (opset < 18) has no antialiasing: a photo shrunk by more
+    than a little gives a sharper input than PIL's resize."""
+    size = prep.height
+    mode = INTERPOLATION[prep.interpolation]
+    resize_attrs = {"mode": mode, "coordinate_transformation_mode": "half_pixel"}
+    if mode == "cubic":
+        resize_attrs["cubic_coeff_a"] = -0.5  # PIL's bicubic
+    if mode == "nearest":
+        resize_attrs["nearest_mode"] = "floor"
+    image = ops.transpose(ops.cast(IMAGE, np.float32), (0, 3, 1, 2))  # (N, 3, H0, W0)
+    shape = ops.node("Shape", [image])
+    lead = ops.node("Slice", [shape, ops.const([0], np.int64), ops.const([2], np.int64)])  # [N, 3]
+    hw = ops.node("Slice", [shape, ops.const([2], np.int64), ops.const([4], np.int64)])  # [H0, W0]
+    hw_f = ops.cast(hw, np.float64)
+    short = ops._reduce("ReduceMin", hw_f, [0], True, 18)
+    axes = ops.const([2, 3], np.int64)
+    if prep.order == "resize_crop":
+        target = int(round(size / prep.crop))
+        scale = ops.div(ops.const(float(target), np.float64), short)
+        new = ops.cast(ops.round(ops.mul(hw_f, scale)), np.int64)  # round(w * scale), round(h * scale)
+        resized = ops.node("Resize", [image, "", "", ops.node("Concat", [lead, new], axis=0)], **resize_attrs)
+        starts = ops.div(ops.sub(new, ops.const(size, np.int64)), ops.const(2, np.int64))  # (new - size) // 2
+        x = ops.node("Slice", [resized, starts, ops.add(starts, ops.const(size, np.int64)), axes])
+    else:
+        side = ops.cast(ops.round(ops.mul(short, ops.const(float(prep.crop), np.float64))), np.int64)
+        side = ops.maximum(side, ops.const([1], np.int64))
+        starts = ops.div(ops.sub(hw, side), ops.const(2, np.int64))
+        cropped = ops.node("Slice", [image, starts, ops.add(starts, side), axes])
+        x = ops.node("Resize", [cropped, "", "", ops.node("Concat", [lead, ops.const([size, size], np.int64)], axis=0)],
+                     **resize_attrs)
+    if mode != "nearest":  # PIL rounds and clips resized pixels to 0..255
+        x = ops.minimum(ops.maximum(ops.round(x), 0.0), 255.0)
+    if prep.bgr:
+        x = ops.take(x, [2, 1, 0], axis=1)
+    view = (1, 3, 1, 1)
+    x = ops.div(ops.sub(ops.mul(x, np.float32(prep.scale)), np.asarray(prep.mean, np.float32).reshape(view)),
+                np.asarray(prep.std, np.float32).reshape(view))
+    if layout == "NHWC":
+        x = ops.transpose(x, (0, 2, 3, 1))
+    ops.nodes.append(helper.make_node("Identity", [x], [out], name="export/preprocessed"))
 
 
 def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -166,3 +166,58 @@ def test_overlay_equals_the_cli_picture_at_model_size(mobilenet, method):
         # a heatmap difference of 1e-6 may move a pixel across a colormap entry: one entry of jet is at most 4 units
         # per channel (alpha 0.5 -> 2), so a few pixels differ by up to 2; everything else is identical
         assert diff.max() <= 2 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
+def preprocessing_graph(prep):
+    """Only export's preprocessing nodes: uint8 image -> model input."""
+    from onnx import TensorProto, helper
+
+    from onnxsal.export import _preprocessing_nodes
+
+    ops = pp.OnnxOps(17)
+    _preprocessing_nodes(ops, prep, prep.layout, "x")
+    graph = helper.make_graph(ops.nodes, "p", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)], ops.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("order", ["resize_crop", "crop_resize"])
+def test_preprocessing_in_the_graph(mobilenet, order):
+    from dataclasses import replace
+
+    ex, _ = mobilenet
+    prep = replace(ex.preprocessing, order=order)
+    photo = load_image(zoo.example_image("chelsea")).convert("RGB")
+    # sizes where no resampling happens give the Python tensor exactly (crop offsets, rounding, normalisation)
+    exact = (300, 256) if order == "resize_crop" else (256, 300)
+    if order == "crop_resize":
+        prep = replace(prep, crop=224 / 256)
+    session = preprocessing_graph(prep)
+    im = photo.resize(exact)
+    got = session.run(["x"], {"image": np.asarray(im)[None]})[0]
+    np.testing.assert_allclose(got, prep.batch([im]), atol=1e-5)
+    # upsampling: the same half-pixel bilinear as PIL; the pixels differ by at most one grey level (rounding)
+    small = photo.resize((150, 100))
+    got = session.run(["x"], {"image": np.asarray(small)[None]})[0]
+    want = prep.batch([small])
+    assert got.shape == want.shape
+    levels = np.abs(got - want) * np.asarray(prep.std, np.float32).reshape(1, 3, 1, 1) / prep.scale
+    assert levels.max() <= 1.001, levels.max()
+
+
+def test_exported_model_with_preprocessing_takes_raw_pixels(mobilenet):
+    ex, _ = mobilenet
+    model = ex.export(None, "grad_cam", with_preprocessing=True)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    photo = load_image(zoo.example_image("chelsea")).convert("RGB").resize((300, 256))  # no resampling: exact
+    _, target, heat = session.run(None, {"image": np.asarray(photo)[None], "class": np.array([-1], np.int64)})
+    _, want = python_heatmap(ex, ex.preprocessing.batch([photo]), "grad_cam")
+    assert target[0] in (281, 282, 285, 287) and np.abs(heat - want).max() <= TOL
+    # the bundled photo itself is shrunk: PIL antialiases, ONNX Resize does not; the same class and a close map
+    photo = load_image(zoo.example_image("chelsea")).convert("RGB")
+    _, target, heat = session.run(None, {"image": np.asarray(photo)[None], "class": np.array([-1], np.int64)})
+    res, want = python_heatmap(ex, ex.preprocessing.batch([photo]), "grad_cam")
+    assert target[0] == res.targets[0] and np.abs(heat - want).max() < 0.1
