@@ -143,6 +143,12 @@ def test_cli_export_method(tmp_path, mobilenet):
     assert target[0] in (281, 282, 285, 287) and np.abs(heat - want).max() <= TOL
     result = CliRunner().invoke(main, ["export", "mobilenet_v2", "--method", "rise", "-o", str(out)])
     assert result.exit_code == 1 and "not exportable" in result.output
+    result = CliRunner().invoke(main, ["export", "mobilenet_v2", "--method", "saliency", "--top-only", "--raw", "--overlay",
+                                       "--with-preprocessing", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(out))
+    assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output][-1] == "overlay"
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
 
 
 @pytest.mark.parametrize("method", ["grad_cam", "saliency", "gradient_x_input"])
