@@ -34,7 +34,8 @@ GRADIENT_FAMILY = ("saliency", "sensitivity", "gradient_x_input", "guided_backpr
 EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam", "integrated_gradients")
 
 
-def _seed_nodes(score: str, seed: str, class_input: bool, p: str = "export/seed") -> tuple[list, list]:
+def _seed_nodes(score: str, seed: str, class_input: bool, dtype: int = TensorProto.FLOAT,
+                p: str = "export/seed") -> tuple[list, list]:
     """Nodes: target = class < 0 ? argmax_k score : class;  seed = one-hot(target) shaped like score (N, K)."""
     init = [
         numpy_helper.from_array(np.array(0, np.int64), f"{p}/zero"),
@@ -52,7 +53,7 @@ def _seed_nodes(score: str, seed: str, class_input: bool, p: str = "export/seed"
         helper.make_node("Range", [f"{p}/zero", f"{p}/k", f"{p}/one"], [f"{p}/classes"]),
         helper.make_node("Unsqueeze", [f"{p}/target", f"{p}/axis1"], [f"{p}/target_column"]),
         helper.make_node("Equal", [f"{p}/target_column", f"{p}/classes"], [f"{p}/hit"]),
-        helper.make_node("Cast", [f"{p}/hit"], [seed], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [f"{p}/hit"], [seed], to=dtype),  # the score's type
     ]
     for i, node in enumerate(nodes):
         node.name = f"{p}/{i}"
@@ -154,7 +155,10 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
     ops = pp.OnnxOps(opset, prefix="export/post")
 
     # the seed: from the `class` input and the scores
-    seed_nodes, seed_init = _seed_nodes(score, "export/seed/onehot", class_input)
+    from .graph.utils import tensor_types
+
+    score_dtype = tensor_types(model)[0].get(score, TensorProto.FLOAT)
+    seed_nodes, seed_init = _seed_nodes(score, "export/seed/onehot", class_input, score_dtype)
     rename = {seed: "export/seed/onehot"} if seed is not None else {}
     if method == "integrated_gradients":  # every path point of sample i carries sample i's seed
         rename[seed2] = "export/ig/seeds"
@@ -233,10 +237,8 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
     if class_input:
         og.input.append(helper.make_tensor_value_info(CLASS, TensorProto.INT64, ["C"]))
     del og.output[:]
-    score_type = next((v for v in list(g.output) + list(g.value_info) if v.name == score), None)
-    score_elem = score_type.type.tensor_type.elem_type if score_type is not None else TensorProto.FLOAT
     og.output.extend([
-        helper.make_tensor_value_info(SCORES, score_elem, ["N", graph.score_shape[0]]),
+        helper.make_tensor_value_info(SCORES, score_dtype, ["N", graph.score_shape[0]]),
         helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]),
         helper.make_tensor_value_info(HEATMAP, TensorProto.FLOAT, ["N", height, width]),
     ])
