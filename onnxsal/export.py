@@ -208,6 +208,7 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         picture = pp.overlay(ops, photo, heat, signed, smooth, lut, min(alpha, 0.5) if smooth else alpha)
     if not normalize:
         heat = raw_heat
+    _reuse_model_constants(ops, g)  # e.g. CAM's class weights are the classifier's own matrix
     if with_preprocessing:  # image: uint8 (N, H0, W0, 3) -> the model's input tensor x
         _preprocessing_nodes(ops, prep, layout, x)
 
@@ -276,6 +277,24 @@ def _share_weights(first: onnx.GraphProto, second: onnx.GraphProto, prefix: str)
     kept = [t for t in second.initializer if t.name not in shared]
     del second.initializer[:]
     second.initializer.extend(kept)
+
+
+def _reuse_model_constants(ops, graph: onnx.GraphProto) -> None:
+    """Constants the equations emitted that the model already holds (same type, shape and values) read the model's copy."""
+    def key(t):
+        return (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
+
+    big = [t for t in ops.initializers if np.prod(t.dims, dtype=np.int64) >= 1024]
+    if not big:
+        return
+    sizes = {key(t)[:2] for t in big}
+    existing = {key(t): t.name for t in graph.initializer if (t.data_type, tuple(t.dims)) in sizes}
+    same = {t.name: existing[key(t)] for t in big if key(t) in existing}
+    if not same:
+        return
+    for node in ops.nodes:
+        node.input[:] = [same.get(i, i) for i in node.input]
+    ops.initializers[:] = [t for t in ops.initializers if t.name not in same]
 
 
 def _ig_settings(ex, impl):

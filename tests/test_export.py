@@ -132,6 +132,15 @@ def test_zoo_mobilenet_v2(mobilenet, method):
     assert res.targets[0] in (281, 282, 285, 287) and res.targets[1] == 967  # cat, espresso
 
 
+def test_cam_reads_the_classifiers_own_weights(mobilenet):
+    ex, _ = mobilenet
+    plain = zoo.resolve("mobilenet_v2")[0]
+    from pathlib import Path
+
+    # the class weights CAM multiplies by are the Gemm's matrix: no second 5 MB copy in the file
+    assert ex.export(None, "cam").ByteSize() < Path(plain).stat().st_size * 1.01
+
+
 def test_cli_export_method(tmp_path, mobilenet):
     ex, x = mobilenet
     out = tmp_path / "explain.onnx"
