@@ -1,8 +1,8 @@
 """Class activation maps: one template, each variant overrides how the channel weights are computed.
 
 With A the layer's activations (N, C, h, w) and G = dS/dA its gradient:
-    M = relu( sum_c w_c * A_c )   (w per channel (N, C), or per element (N, C, h, w))
-upsampled bilinearly to the input size (half-pixel centres, kernels/resize.py).
+    M = relu( sum_c w_c * A_c )   (w per channel (N, C, 1, 1), or per element (N, C, h, w))
+upsampled bilinearly to the input size (half-pixel centres, kernels/resize.py's convention, postprocess.upsample).
 The weights and the sum are written against postprocess.py's array interface (`ops`): numpy here, ONNX
 nodes when `export` writes the heatmap into the graph.
 """
