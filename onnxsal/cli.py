@@ -166,6 +166,16 @@ def inspect(model, size, input_name, output_name, all_layers, as_json):
 @main.command()
 @click.argument("model", required=False)
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Where to write the augmented .onnx file.")
+@click.option("--method", default=None,
+              help="Write a finished explanation model for this method (grad_cam, saliency, ...): image in, scores, target "
+                   "and heatmap out. Without it: the gradient graph.")
+@click.option("--raw", is_flag=True, help="With --method: the heatmap's raw values instead of the normalised map.")
+@click.option("--top-only", is_flag=True, help="With --method: no `class` input; the top class is always explained.")
+@click.option("--overlay", is_flag=True, help="With --method: also output `overlay`, the map over the photo (uint8 RGB), "
+                                               "drawn as `explain` draws it (needs the model's preprocessing).")
+@click.option("--with-preprocessing", is_flag=True,
+              help="With --method: `image` is uint8 RGB N x H x W x 3 of any size; the model's resize, crop and "
+                   "normalisation run in the graph (no antialiasing, unlike the Python decoder).")
 @click.option("--layer", "layers", multiple=True, help="Layer to expose with its gradient (tensor or node name, or 'auto'); repeatable.")
 @click.option("--rules", default="gradient", show_default=True, help="Rule set: gradient, guided_backprop or deconvnet.")
 @click.option("--target-kind", type=click.Choice(["logit", "probability", "log_probability"]), default="logit", show_default=True,
@@ -173,14 +183,39 @@ def inspect(model, size, input_name, output_name, all_layers, as_json):
 @click.option("--no-input-grad", is_flag=True, help="Only layer gradients (stops the backward pass at the layers).")
 @click.option("--size", type=SIZE, help="Input size (side or HxW), for models with a dynamic spatial size.")
 @io_names
-def export(model, output, layers, rules, target_kind, no_input_grad, size, input_name, output_name):
+def export(model, output, method, raw, top_only, overlay, with_preprocessing, layers, rules, target_kind, no_input_grad, size, input_name, output_name):
     """Write MODEL's explanation graph: inputs <input> and seed, outputs <input>_grad, <layer>, <layer>_grad.
 
     The file runs in any ONNX runtime; feed `seed` shaped like the score (a one-hot row selects a class).
+    With --method: inputs `image` and int64 `class` (-1 = top; left out with --top-only), outputs `scores`,
+    `target` and `heatmap` (N x H x W).
     """
+    from pathlib import Path
+
+    from .files import write_output
+
+    if method is not None:
+        from . import zoo
+        from .explainer import Explainer
+        from .workflow import model_input_shape
+
+        if len(layers) > 1:
+            raise OnnxsalError("export --method takes at most one --layer")
+        source, _ = zoo.resolve(model)
+        shape = None if size is None else model_input_shape(source, size, input_name)
+        ex = Explainer(model, layer=layers[0] if layers else "auto", input_name=input_name, output_name=output_name,
+                       target_kind=target_kind, input_shape=shape)
+        _say_choices(ex.graph)
+        exported = ex.export(output, method, normalize=not raw, class_input=not top_only, overlay=overlay,
+                             with_preprocessing=with_preprocessing)
+        click.echo(f"wrote {output}")
+        for i in exported.graph.input:
+            click.echo(f"  input   {i.name}" + ("  (int64, one per sample or one for all; -1 = top class)" if i.name == "class" else ""))
+        for o in exported.graph.output:
+            click.echo(f"  output  {o.name}")
+        return
     from .autodiff.augment import gradient_model
     from .autodiff.registry import rulesets
-    from .files import write_output
     from .graph.layers import select_layer
 
     if rules not in rulesets():
@@ -190,7 +225,6 @@ def export(model, output, layers, rules, target_kind, no_input_grad, size, input
     _say_choices(graph)
     chosen = [select_layer(graph, name).tensor for name in layers]
     augmented, score = gradient_model(graph, chosen, rules, target_kind, input_grad=not no_input_grad)
-    from pathlib import Path
 
     write_output(Path(output), augmented.SerializeToString())
     click.echo(f"wrote {output}")

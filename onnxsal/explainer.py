@@ -202,6 +202,26 @@ class Explainer:
             logits=scores if self.target_kind == "logit" and scores.ndim == 2 else None,
         )
 
+    def export(self, path=None, method: str = "grad_cam", *, normalize: bool = True, class_input: bool = True,
+               overlay: bool = False, cmap: str | None = None, alpha: float = 0.6, with_preprocessing: bool = False,
+               **options):
+        """An ONNX model from image to heatmap (onnxsal/export.py): inputs `image` and int64 `class` ((N,) or (1,);
+        -1 = top; left out with class_input=False: always the top class), outputs `scores`, `target`, `heatmap`
+        (N, H, W), normalised as the CLI shows maps unless normalize=False, and with overlay=True `overlay`
+        (N, H, W, 3) uint8 drawn as the CLI draws it (cmap, alpha as in the CLI). with_preprocessing=True: `image`
+        is uint8 RGB (N, H0, W0, 3) of any size, resized, cropped and normalised in the graph (no antialiasing,
+        unlike PIL). Written to `path` when given;
+        returns the onnx.ModelProto. `options` are the method's (e.g. reduce='sum')."""
+        from .export import export_model
+
+        model = export_model(self, method, normalize=normalize, class_input=class_input, overlay=overlay, cmap=cmap,
+                             alpha=alpha, with_preprocessing=with_preprocessing, **options)
+        if path is not None:
+            from .files import write_output
+
+            write_output(Path(path), model.SerializeToString())
+        return model
+
     def _known_score_shape(self) -> tuple | None:
         """The score tensor's shape without the batch axis, when shape inference knows it."""
         return self.graph.score_shape

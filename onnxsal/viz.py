@@ -76,21 +76,18 @@ def overlay(photo, values: np.ndarray, signed: bool, cmap: str | None = None, al
     """
     from PIL import Image
 
-    lut = colormap(cmap or ("rdbu" if signed else ("jet" if smooth else "inferno")))
+    from . import postprocess as pp
+
+    lut = colormap(cmap or default_cmap(signed, smooth))
     values = _resize(values, photo.size)
-    index = ((values + 1) / 2 if signed else values) * 255
-    colors = lut[np.clip(index + 0.5, 0, 255).astype(np.uint8)].astype(np.float32)
     base = np.asarray(photo.convert("RGB"), dtype=np.float32)
-    if smooth:
-        weight = np.full(values.shape + (1,), alpha, np.float32)
-    else:
-        # sparse pixel maps: a dimmed, desaturated photo keeps the context; attribution shows bright on it
-        gray = base.mean(axis=2, keepdims=True)
-        base = (0.5 * base + 0.5 * gray) * (1 - alpha * 0.75)
-        strength = np.clip(np.abs(values), 0, 1)
-        # signed maps pass through white at 0: their opacity grows linearly so near-zero pixels stay photo
-        weight = (strength if signed else np.sqrt(strength))[..., None]
-    return Image.fromarray(((1 - weight) * base + weight * colors + 0.5).clip(0, 255).astype(np.uint8))
+    # the blend is postprocess.overlay's equation, the one exported graphs run (export --overlay)
+    return Image.fromarray(pp.overlay(pp.NUMPY, base[None], values[None].astype(np.float32), signed, smooth, lut, alpha)[0])
+
+
+def default_cmap(signed: bool, smooth: bool) -> str:
+    """The overlay's colormap: blue-white-red for signed maps, jet for smooth CAM maps, inferno for pixel maps."""
+    return "rdbu" if signed else ("jet" if smooth else "inferno")
 
 
 def _font(size: int):

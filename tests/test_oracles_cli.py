@@ -70,7 +70,7 @@ def test_cam_npy_and_png(tmp_path, api):
     same_as_api(m, api, "grad_cam")
     values = upsampled(m / m.max(), 262)
     want = 0.6 * photo_region() + 0.4 * jet(entry(values, False) / 255)  # the nearest of the table's 256 entries
-    assert_pixels(png, want)
+    assert_pixels(png, want, stray=1e-4)  # a few map values land on a border between two jet entries
 
 
 def test_pixel_npy_and_png(tmp_path, api):

@@ -96,20 +96,11 @@ def reduce_channels(attributions: np.ndarray, layout: str, how: str) -> np.ndarr
     """
     if attributions.ndim != 4:
         raise MethodError(f"maps need a rank-4 image input, this one has shape {attributions.shape}")
-    axis = 3 if layout == "NHWC" else 1
-    a = attributions.astype(np.float32, copy=False)
-    if how == "max_abs":
-        m = np.abs(a).max(axis=axis)
-    elif how == "sum":
-        m = a.sum(axis=axis)
-    elif how == "abs_sum":
-        m = np.abs(a).sum(axis=axis)
-    elif how == "l2":
-        m = np.sqrt((a * a).sum(axis=axis))
-    elif how == "sum_sq":
-        m = (a * a).sum(axis=axis)
-    else:
+    if how not in REDUCTIONS:
         raise MethodError(f"unknown channel reduction {how!r}; choose one of {', '.join(REDUCTIONS)}")
+    from .. import postprocess as pp
+
+    m = pp.reduce_channels(pp.NUMPY, attributions.astype(np.float32, copy=False), how, 3 if layout == "NHWC" else 1)
     return np.ascontiguousarray(m, dtype=np.float32)
 
 

@@ -1,10 +1,12 @@
 """Class activation maps: one template, each variant overrides how the channel weights are computed.
 
 With A the layer's activations (N, C, h, w) and G = dS/dA its gradient:
-    M = relu( sum_c w_c * A_c )   (w per channel (N, C), or per element (N, C, h, w))
-upsampled bilinearly to the input size (half-pixel centres, kernels/resize.py).
+    M = relu( sum_c w_c * A_c )   (w per channel (N, C, 1, 1), or per element (N, C, h, w))
+upsampled bilinearly to the input size (half-pixel centres, kernels/resize.py's convention, postprocess.upsample).
+The weights and the sum are written against postprocess.py's array interface (`ops`): numpy here, ONNX
+nodes when `export` writes the heatmap into the graph.
 
-Options of every CAM (pytorch-grad-cam's smoothing options):
+Options of every CAM (pytorch-grad-cam's smoothing options; Python only, not exported):
   eigen_smooth  M = relu(first principal component of the weighted activations w_c A_c) instead of their
                 sum (cam_more.first_component_projection; its sign follows sum_c w_c A_c)
   aug_smooth    test-time augmentation: the mean of the maps of x and its horizontal flip, each multiplied
@@ -17,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import REDUCTIONS, Attribution, Method, from_nchw, reduce_channels, register, to_nchw
+from .. import postprocess as pp
 from ..errors import MethodError
 from ..graph.utils import FLOAT_TYPES, attribute
 
@@ -43,16 +46,26 @@ class CamMethod(Method):
 
     def combine(self, weights: np.ndarray, a: np.ndarray) -> np.ndarray:
         """(N, h, w) = relu(sum_c w_c A_c), or relu of the first principal component of w_c A_c (eigen_smooth)."""
+        if weights.ndim == 2:
+            weights = weights[:, :, None, None]
         if not self.options.get("eigen_smooth"):
-            return _kernels().weighted_sum(weights, a, bool(self.options["relu"]))
+            return pp.weighted_sum(pp.NUMPY, weights, a, bool(self.options["relu"]))
         from .cam_more import first_component_projection
 
         w = weights[:, :, None, None] if weights.ndim == 2 else weights
         m = first_component_projection(w.astype(np.float64) * a)
         return np.maximum(m, 0) if self.options["relu"] else m
 
-    def cam_weights(self, a: np.ndarray, g: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
+    def cam_weights(self, a, g, seeds, ops=pp.NUMPY):
+        """Weights (N, C, 1, 1) per channel or (N, C, h, w) per element, in `ops` (postprocess.py)."""
         raise NotImplementedError
+
+    def cam_map(self, a, g, seeds, ops=pp.NUMPY):
+        """(N, h, w) = relu( sum_c w * A ) at the layer's resolution (the eigen_smooth variant in numpy)."""
+        weights = self.cam_weights(a, g, seeds, ops) if ops is not pp.NUMPY else self.cam_weights(a, g, seeds)
+        if ops is pp.NUMPY:
+            return self.combine(np.asarray(weights, dtype=np.float32), a)
+        return pp.weighted_sum(ops, weights, a, bool(self.options["relu"]))
 
     def layer_maps(self, x, seeds, progress=None) -> tuple[np.ndarray, np.ndarray]:
         """((N, h, w) maps at the layer's resolution, the scores)."""
@@ -63,10 +76,9 @@ class CamMethod(Method):
         else:
             scores, acts = self.ex.engine.forward(x, self.ex.target_kind, layers=[layer.tensor])
             a, g = acts[layer.tensor], None
-        a = layer.as_nchw(a)  # token sequences fold to their patch grid
+        a = layer.as_nchw(a)  # token sequences fold to their patch grid; NHWC maps to NCHW
         g = None if g is None else layer.as_nchw(g)
-        weights = np.ascontiguousarray(self.cam_weights(a, g, seeds), dtype=np.float32)
-        return self.combine(weights, a), scores
+        return self.cam_map(a, g, seeds), scores
 
     def attribute(self, x, seeds, progress=None):
         h, w = self.ex.graph.spatial_shape
@@ -77,7 +89,7 @@ class CamMethod(Method):
             view = np.flip(x, axis=width_axis) if flip else x
             view = np.ascontiguousarray(view * np.float32(factor) if factor != 1.0 else view, dtype=np.float32)
             small, view_scores = self.layer_maps(view, seeds, progress)
-            maps = _kernels().bilinear_resize(small, h, w)
+            maps = pp.upsample(pp.NUMPY, small, small.shape[1:], (h, w))
             maps = maps[:, :, ::-1] if flip else maps
             total = maps.astype(np.float64) if total is None else total + maps
             if not flip and factor == 1.0:
@@ -94,9 +106,9 @@ class GradCAM(CamMethod):
     description = "Grad-CAM: layer activations weighted by their average gradient"
     reference = "Selvaraju et al. 2017, Grad-CAM, eq. 1-2"
 
-    def cam_weights(self, a, g, seeds):
+    def cam_weights(self, a, g, seeds, ops=pp.NUMPY):
         # eq. 1: alpha_c = 1/Z sum_ij dS/dA_cij
-        return _kernels().channel_mean(g)
+        return ops.mean(g, axes=[2, 3], keepdims=True)
 
 
 @register
@@ -105,13 +117,13 @@ class GradCAMPlusPlus(CamMethod):
     description = "Grad-CAM++: positive gradients weighted per pixel by higher-order terms"
     reference = "Chattopadhyay et al. 2018, Grad-CAM++, eq. 19 (closed form under an exponential score)"
 
-    def cam_weights(self, a, g, seeds):
+    def cam_weights(self, a, g, seeds, ops=pp.NUMPY):
         # alpha_cij = g^2 / (2 g^2 + sum_ab A_cab g^3);  w_c = sum_ij alpha_cij relu(g_cij)
-        g2 = g * g
-        g3 = g2 * g
-        denominator = 2 * g2 + a.sum(axis=(2, 3), keepdims=True) * g3
-        alpha = g2 / np.where(denominator != 0, denominator, 1)
-        return (alpha * np.maximum(g, 0)).sum(axis=(2, 3))
+        g2 = ops.mul(g, g)
+        g3 = ops.mul(g2, g)
+        denominator = ops.add(ops.mul(g2, 2.0), ops.mul(ops.sum(a, axes=[2, 3], keepdims=True), g3))
+        alpha = ops.div(g2, ops.where(ops.not_equal(denominator, 0.0), denominator, 1.0))
+        return ops.sum(ops.mul(alpha, pp.relu(ops, g)), axes=[2, 3], keepdims=True)
 
 
 @register
@@ -120,10 +132,10 @@ class XGradCAM(CamMethod):
     description = "XGrad-CAM: gradients averaged with weights proportional to the activations"
     reference = "Fu et al. 2020, Axiom-based Grad-CAM (XGrad-CAM)"
 
-    def cam_weights(self, a, g, seeds):
+    def cam_weights(self, a, g, seeds, ops=pp.NUMPY):
         # w_c = sum_ij (A_cij / sum_ab A_cab) g_cij
-        total = a.sum(axis=(2, 3), keepdims=True)
-        return (a / (total + 1e-7) * g).sum(axis=(2, 3))
+        total = ops.sum(a, axes=[2, 3], keepdims=True)
+        return ops.sum(ops.mul(ops.div(a, ops.add(total, 1e-7)), g), axes=[2, 3], keepdims=True)
 
 
 @register
@@ -132,9 +144,9 @@ class LayerCAM(CamMethod):
     description = "LayerCAM: each activation weighted by its own positive gradient"
     reference = "Jiang et al. 2021, LayerCAM"
 
-    def cam_weights(self, a, g, seeds):
+    def cam_weights(self, a, g, seeds, ops=pp.NUMPY):
         # w_cij = relu(g_cij)
-        return np.maximum(g, 0)
+        return pp.relu(ops, g)
 
 
 @register
@@ -143,7 +155,7 @@ class HiResCAM(CamMethod):
     description = "HiResCAM: element-wise gradient times activation, summed over channels"
     reference = "Draelos & Carin 2020, Use HiResCAM instead of Grad-CAM"
 
-    def cam_weights(self, a, g, seeds):
+    def cam_weights(self, a, g, seeds, ops=pp.NUMPY):
         # w_cij = g_cij  (M = relu(sum_c g * A))
         return g
 
@@ -154,9 +166,9 @@ class GradCAMElementwise(CamMethod):
     description = "Element-wise Grad-CAM: relu of each gradient x activation product, summed"
     reference = "pytorch-grad-cam's GradCAMElementWise (HiResCAM with the ReLU inside the sum)"
 
-    def cam_weights(self, a, g, seeds):
+    def cam_weights(self, a, g, seeds, ops=pp.NUMPY):
         # sum_c relu(g * A) = sum_c w * A with w = g where g * A > 0, else 0
-        return np.where(g * a > 0, g, 0)
+        return ops.where(ops.greater(ops.mul(g, a), 0.0), g, 0.0)
 
 
 def linear_head(graph, layer) -> np.ndarray:
@@ -259,9 +271,10 @@ class CAM(CamMethod):
             raise MethodError("cam explains the pre-softmax scores (target_kind='logit'); use grad_cam for other kinds")
         self.weights = linear_head(explainer.graph, explainer.layer)
 
-    def cam_weights(self, a, g, seeds):
+    def cam_weights(self, a, g, seeds, ops=pp.NUMPY):
         # M_c(x, y) = sum_k w_k^c f_k(x, y): the class's row of the linear layer (a weighting of classes for weight targets)
-        return seeds.reshape(len(seeds), -1) @ self.weights
+        flat = seeds.reshape(len(seeds), -1) if ops is pp.NUMPY else seeds  # exported graphs seed (N, K) scores
+        return ops.unsqueeze(ops.matmul(flat, self.weights), [2, 3])
 
 
 @register
@@ -279,7 +292,7 @@ class GuidedGradCAM(Method):
         grad_cam = GradCAM(self.ex).attribute(x, seeds)
         cam = grad_cam.maps
         guided = self.ex.gradients(x, seeds, ruleset="guided_backprop").input_grad
-        product = _kernels().guided_product(to_nchw(guided, self.layout), cam)
+        product = pp.guided_product(pp.NUMPY, to_nchw(guided, self.layout), cam)
         attributions = from_nchw(product, self.layout)
         if progress:
             progress(len(x))

@@ -1,4 +1,4 @@
-"""Methods read straight off one backward pass.
+"""Methods read straight off one backward pass (the per-pixel equations live in postprocess.py).
 
 saliency          Simonyan et al. 2013, sec. 3.1: M_ij = max_c |dS/dx_cij|
 sensitivity       Baehrens et al. 2010 / squared-gradient sensitivity: M_ij = sum_c (dS/dx_cij)^2
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import REDUCTIONS, Attribution, Method, reduce_channels, register
+from .. import postprocess as pp
 from ..errors import MethodError
 
 
@@ -25,8 +26,12 @@ class GradientMethod(Method):
         if self.options["reduce"] not in REDUCTIONS:
             raise MethodError(f"unknown reduce {self.options['reduce']!r}; choose one of {', '.join(REDUCTIONS)}")
 
-    def finish(self, x, grad) -> np.ndarray:
-        return np.abs(grad) if self.options["abs"] else grad
+    def finish_kind(self) -> str:
+        """How the gradient becomes the attribution (postprocess.finish_gradient)."""
+        return "abs" if self.options["abs"] else "identity"
+
+    def finish(self, x, grad, ops=pp.NUMPY):
+        return pp.finish_gradient(ops, self.finish_kind(), grad, x)
 
     def attribute(self, x, seeds, progress=None):
         out = self.ex.gradients(x, seeds, ruleset=self.ruleset)
@@ -56,8 +61,8 @@ class Sensitivity(GradientMethod):
     reference = "Baehrens et al. 2010, How to Explain Individual Classification Decisions"
     defaults = {"reduce": "abs_sum", "abs": False}
 
-    def finish(self, x, grad):
-        return grad * grad
+    def finish_kind(self):
+        return "square"
 
 
 @register
@@ -67,8 +72,8 @@ class GradientXInput(GradientMethod):
     reference = "Shrikumar et al. 2016, Not Just a Black Box (Gradient*Input)"
     defaults = {"reduce": "sum", "abs": False}
 
-    def finish(self, x, grad):
-        return grad * x
+    def finish_kind(self):
+        return "times_input"
 
 
 @register
