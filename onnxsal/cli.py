@@ -657,6 +657,48 @@ def evaluate(images, model, methods, metrics, boxes_file, assignments, target, l
         click.echo(f"wrote {len(written)} file(s) to {out_dir}")
 
 
+@main.command("visualize-class")
+@click.option("--model", default=None, help="Zoo name or .onnx file (default: the zoo's default model).")
+@click.option("--class", "target", required=True, help="The class: an index or a name.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output PNG (default: onnxsal-out/class_<c>.png).")
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Gradient ascent steps.")
+@click.option("--lr", type=Number(0, low_open=True), default=1.0, show_default=True, help="Step size.")
+@click.option("--l2", type=Number(0), default=1e-3, show_default=True, help="L2 penalty lambda on the image.")
+@click.option("--jitter", type=click.IntRange(0), default=0, show_default=True, help="Random shift in pixels per step.")
+@click.option("--blur-every", type=click.IntRange(0), default=0, show_default=True, help="Blur the image every N steps (0: never).")
+@preprocessing_options
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def visualize_class(model, target, output, steps, lr, l2, jitter, blur_every, size, crop, mean, std, scale, layout, bgr,
+                    interpolation, preprocess_file, labels_file, input_name, output_name, quiet):
+    """The input a model scores highest for a class: gradient ascent from the zero image (Simonyan et al. 2013, sec. 2).
+
+    Maximises S_c(I) - l2 |I|^2 over the model input I (the score before the softmax); the picture is the result
+    min-max scaled to 8 bits.
+    """
+    from pathlib import Path
+
+    from . import viz
+    from .class_model import render
+    from .class_model import visualize_class as run
+    from .workflow import parse_target
+
+    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
+                   input_name, output_name)
+    ex = _explainer(setup, "auto", "logit", None, "auto")
+    _say_choices(ex.graph, quiet)
+    goal = parse_target(target, ex.labels, ex.num_classes)
+    if isinstance(goal, str):
+        raise OnnxsalError("--class needs a class index or name, not 'top'")
+    with _progress(steps, "ascending", enabled=not quiet) as advance:
+        image, history = run(ex, goal, steps=steps, lr=lr, l2=l2, jitter=jitter, blur_every=blur_every, progress=advance)
+    path = Path(output) if output else Path("onnxsal-out") / f"class_{goal}.png"
+    viz.save_png(render(image, ex.graph.layout), path)
+    if not quiet:
+        top = ex.top_classes(image, 1)[0]
+        said = f"; the model now says {top[0][0]} {top[0][1]} {top[0][2]:.1%}" if top else ""
+        click.echo(f"objective {history[0]:.3f} -> {history[-1]:.3f} over {steps} steps{said}; wrote {path}")
+
+
 @main.group(cls=Group)
 def zoo():
     """The bundled pretrained models."""

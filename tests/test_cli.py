@@ -231,3 +231,17 @@ def test_cli_errors_are_one_line_and_leave_no_output(runner, tmp_path, monkeypat
     args = [a.format(photo=_example(), models=user_models) for a in args]
     one_line_error(runner.invoke(main, args), pattern)
     assert not (tmp_path / "onnxsal-out").exists() or not any((tmp_path / "onnxsal-out").iterdir())
+
+
+def test_visualize_class_writes_the_ascended_image(runner, tmp_path):
+    out = tmp_path / "c.png"
+    result = runner.invoke(main, ["visualize-class", "--class", "flamingo", "--steps", "5", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    before, after = (float(v) for v in result.output.split("objective ")[1].split(" over")[0].split(" -> "))
+    assert after > before and out.is_file()
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size == (224, 224) and im.mode == "RGB"
+    result = runner.invoke(main, ["visualize-class", "--class", "top"])
+    assert result.exit_code == 1 and "needs a class index or name" in result.output
