@@ -61,11 +61,42 @@ def floor(n: int) -> float:
     return time.perf_counter() - start
 
 
+def pytorch_grad_cam_loop(folder: Path, batch: int) -> float | None:
+    """Seconds for pytorch-grad-cam's GradCAM over the folder with torchvision's MobileNetV2 (same weights as the
+    zoo model when torchvision's are cached; random otherwise: the arithmetic is the same), batches of `batch`,
+    decoding with PIL and torchvision's transforms, writing each overlay as PNG. None without the packages."""
+    try:
+        import torch
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+        from torchvision import models, transforms
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = models.mobilenet_v2().eval()
+    cam = GradCAM(model=model, target_layers=[model.features[-1]])
+    prep = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                               transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    files = sorted(folder.glob("*.jpg"))
+    out = folder.parent / f"pgc-{folder.name}"
+    out.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    for i in range(0, len(files), batch):
+        photos = [Image.open(f).convert("RGB") for f in files[i:i + batch]]
+        x = torch.stack([prep(p) for p in photos])
+        maps = cam(input_tensor=x)
+        for f, p, m in zip(files[i:i + batch], photos, maps):
+            shown = np.asarray(transforms.CenterCrop(224)(transforms.Resize(256)(p)), np.float32) / 255
+            Image.fromarray(show_cam_on_image(shown, m, use_rgb=True)).save(out / f"{f.stem}.png")
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--methods", default="grad_cam")
     parser.add_argument("--format", default="png")
+    parser.add_argument("--peer", action="store_true", help="also time pytorch-grad-cam's loop (needs torchvision, grad-cam)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -79,6 +110,12 @@ def main() -> None:
             f = floor(n)
             print(f"| {n} | {args.methods} ({args.format}) | {seconds:.1f} | {n / seconds:.1f} | {peak:.0f} | {n / f:.1f} "
                   f"| {f / seconds:.2f} |", flush=True)
+            if args.peer:
+                for b in (1, 16):
+                    t = pytorch_grad_cam_loop(folder, b)
+                    if t is not None:
+                        print(f"|   pytorch-grad-cam, batch {b} | | {t:.1f} | {n / t:.1f} | | | onnxsal / peer speed "
+                              f"{t / seconds:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

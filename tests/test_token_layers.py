@@ -73,3 +73,18 @@ def test_channels_last_map_from_reshapes_is_recognised_from_its_shape():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     layer = select_layer(load_model(model.SerializeToString()), "feat")
     assert layer.layout == "NHWC" and layer.spatial == (8, 8) and layer.channels == 4
+
+
+@pytest.mark.parametrize("method", ["eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "grad_cam"])
+def test_every_cam_runs_on_a_token_layer(method):
+    """The CAMs that read activations themselves fold token sequences to the patch grid like the template does."""
+    import numpy as np
+
+    import onnxsal
+    import torch_models as tm
+
+    ex = onnxsal.Explainer(tm.export(tm.build("vit"), "torchscript", dynamic=True))
+    assert ex.layer.layout == "NLC"
+    x = np.random.default_rng(3).standard_normal((2, 3, tm.SIZE, tm.SIZE)).astype(np.float32)
+    res = ex.explain(x, method, target=1)
+    assert res.maps.shape == (2, tm.SIZE, tm.SIZE) and np.all(np.isfinite(res.maps))

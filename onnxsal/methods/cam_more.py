@@ -66,11 +66,11 @@ class _EigenMethod(CamMethod):
         layout = layer.layout or "NCHW"
         if self.needs_gradients:
             out = self.ex.gradients(x, seeds, layers=[layer.tensor], input_grad=False)
-            a, g, scores = out.activations[layer.tensor], to_nchw(out.layer_grads[layer.tensor], layout), out.scores
+            a, g, scores = out.activations[layer.tensor], layer.as_nchw(out.layer_grads[layer.tensor]), out.scores
         else:
             scores, acts = self.ex.engine.forward(x, self.ex.target_kind, layers=[layer.tensor])
             a, g = acts[layer.tensor], None
-        m = first_component_projection(self.factor(to_nchw(a, layout), g))
+        m = first_component_projection(self.factor(layer.as_nchw(a), g))
         return (np.maximum(m, 0) if self.options["relu"] else m), scores
 
 
@@ -130,7 +130,7 @@ class ScoreCAM(CamMethod):
     def layer_maps(self, x, seeds, progress=None):
         layer = self.ex.layer
         scores, acts = self.ex.engine.forward(x, self.ex.target_kind, layers=[layer.tensor])
-        a = to_nchw(acts[layer.tensor], layer.layout or "NCHW")
+        a = layer.as_nchw(acts[layer.tensor])
         n, c = a.shape[:2]
         h, w = self.ex.graph.spatial_shape
         fill = self.ex.baselines(x, self.options["fill"])[0]
@@ -256,7 +256,7 @@ class AblationCAM(CamMethod):
                     progress(len(ks))
         safe = np.where(full != 0, full, 1.0)[:, None]
         weights = ((full[:, None] - ablated_scores) / safe).astype(np.float32)  # eq. 3
-        a = to_nchw(raw, layer.layout or "NCHW")
+        a = layer.as_nchw(raw)
         return self.combine(weights, a), scores
 
 
