@@ -27,7 +27,9 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, size=(8, 300, 400, 3), dtype=np.uint8)
     for i in range(n):
-        Image.fromarray(np.roll(base[i % 8], i, axis=1)).save(folder / f"img{i:05d}.jpg", quality=90)
+        img = np.roll(base[i % 8], i, axis=1)
+        img[0, :4, 0] = np.frombuffer(i.to_bytes(4, "little"), np.uint8)  # every photo distinct (the index dedupes by content)
+        Image.fromarray(img).save(folder / f"img{i:05d}.png")
 
 
 def run_batch(folder: Path, out: Path, methods: str, fmt: str) -> tuple[float, float]:
@@ -77,14 +79,14 @@ def pytorch_grad_cam_loop(folder: Path, batch: int) -> float | None:
     cam = GradCAM(model=model, target_layers=[model.features[-1]])
     prep = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    files = sorted(folder.glob("*.jpg"))
+    files = sorted(folder.glob("*.png"))
     out = folder.parent / f"pgc-{folder.name}"
     out.mkdir(exist_ok=True)
     start = time.perf_counter()
     for i in range(0, len(files), batch):
         photos = [Image.open(f).convert("RGB") for f in files[i:i + batch]]
         x = torch.stack([prep(p) for p in photos])
-        maps = cam(input_tensor=x)
+        maps = cam(input_tensor=x, targets=None)  # None: each sample's top class
         for f, p, m in zip(files[i:i + batch], photos, maps):
             shown = np.asarray(transforms.CenterCrop(224)(transforms.Resize(256)(p)), np.float32) / 255
             Image.fromarray(show_cam_on_image(shown, m, use_rgb=True)).save(out / f"{f.stem}.png")
