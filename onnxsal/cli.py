@@ -405,7 +405,7 @@ def explain(images, model, methods, target, region, region_mean, box, decoder, s
     from pathlib import Path
 
     from . import zoo
-    from .workflow import explain_files, image_files, parse_methods, parse_target
+    from .workflow import explain_files, image_files, parse_methods
 
     if not images and model is None:
         images = (str(zoo.example_image("chelsea")),)
@@ -426,12 +426,7 @@ def explain(images, model, methods, target, region, region_mean, box, decoder, s
         click.echo(f"warning: {why}; skipped", err=True)
 
     chosen = parse_methods(methods or ["grad_cam"])
-    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
-                   input_name, output_name)
-    ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
-    _say_choices(ex.graph, quiet)
-    goal = parse_target(target, ex.labels, ex.num_classes)
-    cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
+    setup, ex, goal, cli = _prepare(model, layer, target, target_kind, batch_size, provider, quiet, locals())
     total = _work(ex, chosen, cli, len(files))
     dense = _dense(ex, region, region_mean, box, decoder, score_threshold)
     cli["decoder"] = dense.decoder if dense else None
@@ -487,6 +482,22 @@ def _dense(ex, region, region_mean, box, decoder, score_threshold):
     return DenseSpec(region=region, region_mean=region_mean, box=box, decoder=chosen, threshold=score_threshold)
 
 
+def _prepare(model, layer, target, target_kind, batch_size, provider, quiet, flags: dict):
+    """What explain, compare and batch share: the model's setup, the Explainer (saying what it chose), the
+    target and the method options, from the commands' flags."""
+    from .workflow import parse_target
+
+    setup = _setup(model, flags["size"], flags["crop"], flags["mean"], flags["std"], flags["scale"], flags["layout"],
+                   flags["bgr"], flags["interpolation"], flags["preprocess_file"], flags["labels_file"], quiet,
+                   flags["input_name"], flags["output_name"])
+    ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
+    _say_choices(ex.graph, quiet)
+    goal = parse_target(target, ex.labels, ex.num_classes)
+    cli = _cli_options(flags["steps"], flags["tolerance"], flags["baseline"], flags["samples"], flags["noise_level"],
+                       flags["base"], flags["window"], flags["stride"], batch_size)
+    return setup, ex, goal, cli
+
+
 def _zoo_layer(setup):
     from . import zoo
 
@@ -510,16 +521,11 @@ def compare(image, model, methods, target, region, region_mean, box, decoder, sc
     from pathlib import Path
 
     from . import viz
-    from .workflow import compare_image, image_files, parse_methods, parse_target
+    from .workflow import compare_image, image_files, parse_methods
 
     (file,) = image_files([image])
     chosen = parse_methods([methods])
-    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
-                   input_name, output_name)
-    ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
-    _say_choices(ex.graph, quiet)
-    goal = parse_target(target, ex.labels, ex.num_classes)
-    cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
+    setup, ex, goal, cli = _prepare(model, layer, target, target_kind, batch_size, provider, quiet, locals())
     if not quiet:
         click.echo(f"explaining {ex.describe()}")
     dense = _dense(ex, region, region_mean, box, decoder, score_threshold)
@@ -566,7 +572,7 @@ def batch(inputs, model, methods, target, region, region_mean, box, decoder, sco
     from pathlib import Path
 
     from .pipeline import explain_dataset, read_inputs
-    from .workflow import method_options, parse_methods, parse_target
+    from .workflow import method_options, parse_methods
 
     if region is not None or box is not None:
         raise OnnxsalError("batch explains classes; --region and --box work with `explain` (per image)")
@@ -574,12 +580,7 @@ def batch(inputs, model, methods, target, region, region_mean, box, decoder, sco
     if not items:
         raise OnnxsalError("no images to explain")
     chosen = parse_methods(methods or ["grad_cam"])
-    setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
-                   input_name, output_name)
-    ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
-    _say_choices(ex.graph, quiet)
-    goal = parse_target(target, ex.labels, ex.num_classes)
-    cli = _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size)
+    setup, ex, goal, cli = _prepare(model, layer, target, target_kind, batch_size, provider, quiet, locals())
     if not quiet:
         click.echo(f"explaining {ex.describe()}", err=True)
     warn = lambda line: click.echo(line, err=True)  # noqa: E731

@@ -32,7 +32,7 @@ import numpy as np
 from .errors import InputError
 from .files import OutputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+from .workflow import IMAGE_SUFFIXES
 
 
 @dataclass
@@ -197,9 +197,17 @@ def explain_dataset(explainer, items: list[Item], methods: list[str], target, me
     start = time.perf_counter()
     chunk = images_per_chunk(explainer.graph, max(1, batch))
 
-    def settings(method, row_target):
-        return Settings(method, per_method[method], row_target if row_target is not None else target,
-                        explainer.target_kind, layer, prep.to_dict(), fmt, map_dtype)
+    prep_dict = prep.to_dict()
+    keys: dict = {}
+
+    def key(sha: str, method: str, row_target) -> str:
+        """The index key of one image and method; the settings' digest is computed once per (method, target)."""
+        digest_of = keys.get((method, row_target))
+        if digest_of is None:
+            digest_of = keys[(method, row_target)] = Settings(
+                method, per_method[method], row_target if row_target is not None else target, explainer.target_kind,
+                layer, prep_dict, fmt, map_dtype).digest()
+        return hashlib.sha256(f"{sha}\0{digest}\0{digest_of}".encode()).hexdigest()[:32]
 
     def read(item: Item):
         """(item, sha256, image) or (item, None, reason); runs in the decode pool."""
@@ -213,7 +221,7 @@ def explain_dataset(explainer, items: list[Item], methods: list[str], target, me
         except OSError as exc:
             return item, None, f"cannot read {item.path}: {reason(exc)}"
         sha = hashlib.sha256(data).hexdigest()
-        wanted = [m for m in methods if _key(sha, digest, settings(m, item.target)) not in index.done]
+        wanted = [m for m in methods if key(sha, m, item.target) not in index.done]
         if not wanted:
             return item, sha, None
         try:
@@ -250,7 +258,7 @@ def explain_dataset(explainer, items: list[Item], methods: list[str], target, me
             viz.save_npy(res.maps[k].astype(map_dtype), path)
             files["npy"] = str(path)
         entry = {
-            "key": _key(sha, digest, settings(method, item.target)), "image": str(item.path), "sha256": sha,
+            "key": key(sha, method, item.target), "image": str(item.path), "sha256": sha,
             "model": digest, "method": method, "options": per_method[method], "target_kind": res.target_kind,
             "target": _describe(explainer, res, k), "class": int(res.targets[k]), "score": float(res.scores[k]),
             "output": res.output, "top": [[c, name, round(p, 6)] for c, name, p in top], "files": files,
@@ -264,7 +272,7 @@ def explain_dataset(explainer, items: list[Item], methods: list[str], target, me
         x = prep.batch([img for _, _, img in ready])
         tops = None  # from the first method's logits when it has them (no extra forward pass)
         for method in methods:
-            todo = [i for i, (item, sha, _) in enumerate(ready) if _key(sha, digest, settings(method, item.target)) not in index.done]
+            todo = [i for i, (item, sha, _) in enumerate(ready) if key(sha, method, item.target) not in index.done]
             if not todo:
                 continue
             goal = _batch_target(explainer, target, [ready[i][0] for i in todo])
@@ -331,10 +339,6 @@ def explain_dataset(explainer, items: list[Item], methods: list[str], target, me
     return summary
 
 
-def _key(sha: str, model: str, settings: Settings) -> str:
-    return hashlib.sha256(f"{sha}\0{model}\0{settings.digest()}".encode()).hexdigest()[:32]
-
-
 def _batch_target(explainer, target, items: list[Item]):
     """The run's target, or per-sample class indices where the list gave them."""
     if all(item.target is None for item in items):
@@ -344,15 +348,11 @@ def _batch_target(explainer, target, items: list[Item]):
     classes = []
     for item in items:
         chosen = parse_target(str(item.target), explainer.labels, explainer.num_classes) if item.target is not None else target
-        if isinstance(chosen, str):  # "top" for this row while others name classes: resolve it from the scores
-            return _mixed_targets(explainer, target, items)
+        if isinstance(chosen, str):  # "top" on some rows, classes on others
+            raise InputError("a list that gives targets must give one on every row (or none): mixing rows with and "
+                             "without a target is not supported yet")
         classes.append(int(chosen))
     return classes
-
-
-def _mixed_targets(explainer, target, items):
-    raise InputError("a list that gives targets must give one on every row (or none): mixing rows with and without a "
-                     "target is not supported yet")
 
 
 def _describe(explainer, res, k: int) -> str:

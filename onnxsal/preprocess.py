@@ -19,6 +19,7 @@ pixels stay floats in 0..255 until normalisation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -294,15 +295,15 @@ def load_image(path):
     return decode_image(data, path)
 
 
-def decode_image(data: bytes, name) -> "Image.Image":
+def decode_image(data: bytes, name):
     """load_image's decoding of a file's bytes (`name` is used in error messages)."""
     import io
 
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     from .safety import check_image_memory
 
-    try:
+    with image_errors(name):
         with Image.open(io.BytesIO(data)) as im:
             check_image_memory(im.width, im.height, len(im.getbands()), name)
             im.load()
@@ -313,6 +314,15 @@ def decode_image(data: bytes, name) -> "Image.Image":
                 return deep
             alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
             return im.convert("RGBA" if alpha else "RGB")  # alpha kept for 4-channel models, dropped for others
+
+
+@contextlib.contextmanager
+def image_errors(name):
+    """PIL's failures while opening or decoding `name` as one-line InputErrors (not an image, a bomb, corrupt)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        yield
     except UnidentifiedImageError:
         raise InputError(f"{name} is not an image file PIL can read (PNG, JPEG, ...)") from None
     except Image.DecompressionBombError as exc:

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InputError, MethodError, TargetError
-from .preprocess import Preprocessing, load_image, sidecar_for
+from .preprocess import Preprocessing, image_errors, load_image, sidecar_for
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 CAM_LIKE = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
@@ -27,7 +27,7 @@ def image_files(paths: Sequence[str], on_bad: Callable[[Path, str], None] | None
     whose header PIL recognises (pixels are decoded later, once).
 
     A bad file raises InputError, or, with `on_bad`, is reported to on_bad(path, reason) and left out."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from .files import require_regular
     from .safety import check_image_memory
@@ -46,17 +46,10 @@ def image_files(paths: Sequence[str], on_bad: Callable[[Path, str], None] | None
     for path in candidates:
         try:
             require_regular(path, "image")  # never open a pipe: it may block, and it cannot be read twice
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget decides below
-                    with Image.open(path) as im:  # the header only
-                        check_image_memory(im.width, im.height, len(im.getbands()), path)
-            except UnidentifiedImageError:
-                raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
-            except Image.DecompressionBombError as exc:
-                raise InputError(f"{path}: {str(exc).rstrip('.')}") from None
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise InputError(f"{path} is a corrupt or truncated image: {exc}") from None
+            with image_errors(path), warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget decides below
+                with Image.open(path) as im:  # the header only
+                    check_image_memory(im.width, im.height, len(im.getbands()), path)
         except InputError as exc:
             if on_bad is None:
                 raise
