@@ -2,8 +2,9 @@
 
 Maps are normalised for display by the 99th percentile of |map| (Smilkov et al. 2017): values above it
 saturate. Absolute maps go to [0, 1], signed maps to [-1, 1] (negative blue, positive red).
-Colormaps are 256-entry RGB tables interpolated between anchor colours (matplotlib's inferno and
-viridis sampled at evenly spaced points, ColorBrewer's RdBu, and the classic jet formula).
+Colormaps are 256-entry RGB tables: matplotlib's inferno, viridis and jet entry for entry
+(`colormap_tables.py`), ColorBrewer's RdBu and gray interpolated between their anchor colours as matplotlib
+interpolates them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 _ANCHORS = {
-    # matplotlib inferno / viridis at 0, 1/9, ..., 1
-    "inferno": [(0, 0, 4), (27, 12, 65), (74, 12, 107), (120, 28, 109), (165, 44, 96), (207, 68, 70),
-                (237, 105, 37), (251, 155, 6), (247, 209, 61), (252, 255, 164)],
-    "viridis": [(68, 1, 84), (72, 40, 120), (62, 73, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
-                (53, 183, 121), (110, 206, 88), (181, 222, 43), (253, 231, 37)],
     # ColorBrewer RdBu (11 classes), blue for negative through white to red for positive
     "rdbu": [(5, 48, 97), (33, 102, 172), (67, 147, 195), (146, 197, 222), (209, 229, 240), (247, 247, 247),
              (253, 219, 199), (244, 165, 130), (214, 96, 77), (178, 24, 43), (103, 0, 31)],
@@ -25,12 +21,15 @@ COLORMAPS = ("inferno", "viridis", "jet", "gray", "rdbu")
 
 
 def colormap(name: str) -> np.ndarray:
-    """(256, 3) uint8 lookup table."""
+    """(256, 3) uint8 lookup table: entry i is the colour of the value i / 255.
+
+    Raises InputError for a name outside COLORMAPS.
+    """
+    from .colormap_tables import TABLES
+
+    if name in TABLES:
+        return np.frombuffer(bytes.fromhex(TABLES[name]), dtype=np.uint8).reshape(256, 3).copy()
     t = np.linspace(0.0, 1.0, 256)
-    if name == "jet":
-        # piecewise-linear jet: r, g, b = clip(1.5 - |4t - c|) for c = 3, 2, 1
-        rgb = np.stack([np.clip(1.5 - np.abs(4 * t - c), 0, 1) for c in (3, 2, 1)], axis=1)
-        return (rgb * 255 + 0.5).astype(np.uint8)
     if name not in _ANCHORS:
         from .errors import InputError
 

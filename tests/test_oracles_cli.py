@@ -20,10 +20,9 @@ CAT = example_image("chelsea")
 REGION = (94, 19, 356, 281)
 
 
-def jet(t):
-    """MATLAB's jet as 0..255 floats, the documented colormap of CAM overlays."""
-    ramps = [np.minimum(4 * t - 1.5, 4.5 - 4 * t), np.minimum(4 * t - 0.5, 3.5 - 4 * t), np.minimum(4 * t + 0.5, 2.5 - 4 * t)]
-    return np.floor(np.clip(np.stack(ramps, axis=-1), 0, 1) * 255 + 0.5)
+def jet(index):
+    """matplotlib's jet table at integer entries, as 0..255 floats: the documented colormap of CAM overlays."""
+    return mpl_table("jet").astype(np.float64)[index]
 
 
 def upsampled(m, side):
@@ -69,7 +68,7 @@ def test_cam_npy_and_png(tmp_path, api):
     m, png = explain(tmp_path, "grad_cam")
     same_as_api(m, api, "grad_cam")
     values = upsampled(m / m.max(), 262)
-    want = 0.6 * photo_region() + 0.4 * jet(entry(values, False) / 255)  # the nearest of the table's 256 entries
+    want = 0.6 * photo_region() + 0.4 * jet(entry(values, False))  # the nearest of the table's 256 entries
     assert_pixels(png, want, stray=1e-4)  # a few map values land on a border between two jet entries
 
 
@@ -81,9 +80,7 @@ def test_pixel_npy_and_png(tmp_path, api):
     values = np.clip(upsampled(np.clip(m / np.percentile(np.abs(m), 99), 0, 1), 262), 0, 1)
     p = photo_region()
     dimmed = (0.5 * p + 0.5 * p.mean(axis=2, keepdims=True)) * (1 - 0.75 * 0.4)
-    anchors = mpl_table("inferno", 10).astype(np.float64)  # inferno as documented: matplotlib's at ten points
-    t = np.linspace(0, 1, 256)
-    inferno = np.floor(np.stack([np.interp(t, np.linspace(0, 1, 10), anchors[:, c]) for c in range(3)], 1) + 0.5)
+    inferno = mpl_table("inferno").astype(np.float64)  # inferno as documented: matplotlib's table
     weight = np.sqrt(values)[..., None]
     want = (1 - weight) * dimmed + weight * inferno[entry(values, False)]
     assert_pixels(png, want, stray=1e-3)
@@ -111,5 +108,5 @@ def test_cam_overlay_opacity_is_alpha_capped_at_one_half(alpha, opacity):
     res = Explanation(maps=m, attributions=None, targets=np.zeros(1, np.int64), scores=np.zeros(1, np.float32),
                       method="grad_cam", signed=False)
     im = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-    want = (1 - opacity) * np.asarray(im, np.float64) + opacity * jet(entry(m[0] / m[0].max(), False) / 255)
+    want = (1 - opacity) * np.asarray(im, np.float64) + opacity * jet(entry(m[0] / m[0].max(), False))
     assert_pixels(picture(res, 0, im, "grad_cam", None, alpha), want, exact=0.9)
