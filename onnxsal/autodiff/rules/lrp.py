@@ -27,7 +27,8 @@ s(z) = z + eps * sign(z) (sign(0) = +1) and every product a layer f evaluated by
                    R_in = x f^T_w(R/s(z)) - l f^T_{w+}(R/s(z)) - h f^T_{w-}(R/s(z))           Montavon 2017 (z^B)
 
 Other ops (documented in docs/lrp.md):
-  AveragePool, GlobalAveragePool, Add of activations, an unfolded BatchNormalization, Mul/Div by a constant:
+  AveragePool, GlobalAveragePool, ReduceMean, ReduceSum, Add of activations, an unfolded BatchNormalization,
+  Mul/Div by a constant:
       R_in = x * (the op's gradient of R / s(y))  (gradient x input proportion; zennit's Norm rule)
   Mul of an activation by a Sigmoid / HardSigmoid gate: all of R to the activation, none to the gate
       (Arras et al. 2017, signal-take-all); Mul of two other activations: the proportion above, to both
@@ -53,7 +54,7 @@ from . import nn
 LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 DENSE_OPS = frozenset({"Gemm", "MatMul"})
-NORM_OPS = frozenset({"AveragePool", "GlobalAveragePool", "BatchNormalization", "Add", "Sum"})
+NORM_OPS = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "BatchNormalization", "Add", "Sum"})
 PASS_OPS = frozenset({"Relu", "LeakyRelu", "PRelu", "ThresholdedRelu", "Clip", "Elu", "Selu", "Celu", "Sigmoid", "Tanh",
                       "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Identity", "Dropout"})
 GATES = frozenset({"Sigmoid", "HardSigmoid"})
