@@ -523,3 +523,26 @@ def test_cli_explain_lrp_and_bad_composite(tmp_path):
     assert bad.exit_code == 1 and "is not selector=rule" in bad.output
     listed = runner.invoke(main, ["rules"])
     assert "lrp:epsilon_gamma_box" in listed.output and "Montavon et al. 2019" in listed.output
+
+
+@pytest.mark.parametrize("rule", ["zplus", "gamma", "alpha2beta1"])
+def test_a_layer_reading_a_signed_tensor_keeps_its_negative_input_terms(rule):
+    # Gemm -> Gemm (no activation between): the second layer's input has both signs, its x- terms count
+    w1, b1 = R.standard_normal((6, 4)), R.standard_normal(6) * 0.3
+    w2, b2 = R.standard_normal((3, 6)), R.standard_normal(3) * 0.3
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1), helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                          [numpy_helper.from_array(v.astype(np.float32), k) for k, v in
+                           {"w1": w1, "b1": b1, "w2": w2, "b2": b2}.items()])
+    model = infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    x = R.standard_normal((1, 4))
+    seed = R.standard_normal((1, 3))
+    h = w1 @ x[0] + b1
+    assert (h < 0).any() and (h > 0).any()
+    y = w2 @ h + b2
+    r_h = replica(rule, lambda f: f(w2), h, b2, seed[0] * y)
+    want = replica("epsilon", lambda f: f(w1), x[0], b1, r_h, eps=0.01)
+    (got,), _ = gradients(model, "y", ["x"], {"x": x.astype(np.float32)}, seed.astype(np.float32),
+                          ruleset=f"lrp:first=epsilon,dense={rule};epsilon=0.01")
+    assert max_rel_err(got[0], want) < 1e-4
