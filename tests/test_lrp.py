@@ -546,3 +546,61 @@ def test_a_layer_reading_a_signed_tensor_keeps_its_negative_input_terms(rule):
     (got,), _ = gradients(model, "y", ["x"], {"x": x.astype(np.float32)}, seed.astype(np.float32),
                           ruleset=f"lrp:first=epsilon,dense={rule};epsilon=0.01")
     assert max_rel_err(got[0], want) < 1e-4
+
+
+# -- zennit (optional oracle: zennit imports torchvision, which this project does not install) ----------------
+
+def _zennit():
+    """zennit's composites, or skip; a stand-in torchvision module satisfies zennit.torchvision's import (its
+    ResNet canonizers, unused here)."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("zennit") is None:
+        pytest.skip("zennit is not installed (pip install --no-deps zennit==0.5.1)")
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        tv, models, resnet = (types.ModuleType(n) for n in ("torchvision", "torchvision.models", "torchvision.models.resnet"))
+        resnet.Bottleneck, resnet.BasicBlock = type("Bottleneck", (), {}), type("BasicBlock", (), {})
+        tv.models, models.resnet = models, resnet
+        sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+    import zennit.composites as zc
+    from zennit.attribution import Gradient
+
+    return zc, Gradient
+
+
+class Net6(Net):
+    """Net with ReLU6 (exported as Clip) and biases everywhere."""
+
+    def __init__(self):
+        super().__init__(bias_inside=True)
+        self.r1, self.r2, self.r3 = nn.ReLU6(), nn.ReLU6(), nn.ReLU6()
+
+
+@pytest.mark.parametrize("family", ["relu", "relu6"])
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus"])
+def test_zennit_composites(composite, family):
+    zc, Gradient = _zennit()
+    torch.manual_seed(6)
+    net = (Net(bias_inside=True) if family == "relu" else Net6()).eval()
+    graph = load_model(export(net))
+    x = R.uniform(-2, 2.5, (2, 3, 16, 16)).astype(np.float32)
+    low, high = np.array([-2.0, -2.1, -1.9]), np.array([2.5, 2.4, 2.6])
+    got = Engine(graph).gradients(x, None, ruleset=f"lrp:{composite};low=-2.0,-2.1,-1.9;high=2.5,2.4,2.6").input_grad
+    kwargs = {}
+    if composite == "epsilon_gamma_box":
+        kwargs = {"low": torch.tensor(low, dtype=torch.float64).view(1, 3, 1, 1).expand(2, 3, 16, 16),
+                  "high": torch.tensor(high, dtype=torch.float64).view(1, 3, 1, 1).expand(2, 3, 16, 16)}
+    name = {"epsilon_plus_flat": "EpsilonPlusFlat", "epsilon_gamma_box": "EpsilonGammaBox",
+            "epsilon_alpha2_beta1": "EpsilonAlpha2Beta1", "epsilon_plus": "EpsilonPlus"}[composite]
+    model = net.double()
+    xt = torch.tensor(x, dtype=torch.float64)
+    with Gradient(model=model, composite=getattr(zc, name)(**kwargs)) as attributor:
+        out = model(xt)
+        top = out.argmax(1)
+        onehot = torch.zeros_like(out)
+        onehot[torch.arange(2), top] = 1
+        # zennit's relevance starts from attr_output; onnxsal's from seed * score (the explained score)
+        _, want = attributor(xt, lambda y: y * onehot)
+    assert max_rel_err(got, want.detach().numpy()) < 1e-4
