@@ -128,14 +128,6 @@ def get(name: str) -> RuleSet:
     raise UnsupportedOpError(f"unknown rule set {name!r}; choose one of {', '.join(rulesets())}")
 
 
-def exists(name: str) -> bool:
-    try:
-        get(name)
-    except Exception:  # noqa: BLE001 - an unknown name or a malformed parameter
-        return False
-    return True
-
-
 def lookup(ruleset: str, op_type: str) -> Callable | None:
     """The per-op rule of `ruleset` (no node selection), falling back to `gradient`."""
     _load()
