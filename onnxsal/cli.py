@@ -177,7 +177,9 @@ def inspect(model, size, input_name, output_name, all_layers, as_json):
               help="With --method: `image` is uint8 RGB N x H x W x 3 of any size; the model's resize, crop and "
                    "normalisation run in the graph (no antialiasing, unlike the Python decoder).")
 @click.option("--layer", "layers", multiple=True, help="Layer to expose with its gradient (tensor or node name, or 'auto'); repeatable.")
-@click.option("--rules", default="gradient", show_default=True, help="Rule set: gradient, guided_backprop or deconvnet.")
+@click.option("--rules", default="gradient", show_default=True,
+              help="Rule set: gradient, guided_backprop, deconvnet, or lrp:<composite or rules>[;epsilon=..;gamma=..;low=..;high=..] "
+                   "(see `onnxsal rules`).")
 @click.option("--target-kind", type=click.Choice(["logit", "probability", "log_probability"]), default="logit", show_default=True,
               help="Which score the seed weights.")
 @click.option("--no-input-grad", is_flag=True, help="Only layer gradients (stops the backward pass at the layers).")
@@ -206,8 +208,11 @@ def export(model, output, method, raw, top_only, overlay, with_preprocessing, la
         ex = Explainer(model, layer=layers[0] if layers else "auto", input_name=input_name, output_name=output_name,
                        target_kind=target_kind, input_shape=shape)
         _say_choices(ex.graph)
+        options = {}
+        if method == "lrp" and rules.split(":", 1)[0] == "lrp":  # --rules lrp:<composite or rules>[;...]
+            options["rules"] = rules.partition(":")[2] or None
         exported = ex.export(output, method, normalize=not raw, class_input=not top_only, overlay=overlay,
-                             with_preprocessing=with_preprocessing)
+                             with_preprocessing=with_preprocessing, **options)
         click.echo(f"wrote {output}")
         for i in exported.graph.input:
             click.echo(f"  input   {i.name}" + ("  (int64, one per sample or one for all; -1 = top class)" if i.name == "class" else ""))
@@ -215,11 +220,10 @@ def export(model, output, method, raw, top_only, overlay, with_preprocessing, la
             click.echo(f"  output  {o.name}")
         return
     from .autodiff.augment import gradient_model
-    from .autodiff.registry import rulesets
+    from .autodiff import registry
     from .graph.layers import select_layer
 
-    if rules not in rulesets():
-        raise OnnxsalError(f"unknown rule set {rules!r}; choose one of {', '.join(rulesets())}")
+    registry.get(rules)  # an unknown or malformed rule set: one line
     graph, _ = _load(model, size, protected=tuple(l for l in layers if l != "auto"), input_name=input_name,
                      output_name=output_name)
     _say_choices(graph)
@@ -323,6 +327,11 @@ def method_flags(fn):
                                                                "rise, drise: masks (default 1000)."),
         click.option("--noise-level", type=Number(0), help="smoothgrad family: noise std as a fraction of the input range (default 0.15)."),
         click.option("--base", help="smoothgrad family: the method averaged (default saliency)."),
+        click.option("--composite", default=None, help="lrp: the rule per layer by zennit's composite names: epsilon_plus_flat "
+                     "(default), epsilon_gamma_box, epsilon_alpha2_beta1, epsilon_plus, epsilon_plus_box, epsilon (see `onnxsal rules`)."),
+        click.option("--rules", "lrp_rules", default=None,
+                     help="lrp: rules by selector instead of a composite, e.g. 'first=zbox,conv=gamma,dense=epsilon;gamma=0.5' "
+                          "(selectors first, last, conv, dense, linear, op:<OpType>, name:<regex>)."),
         click.option("--window", type=click.IntRange(1), help="occlusion: patch side in pixels (default 32)."),
         click.option("--stride", type=click.IntRange(1), help="occlusion: patch step in pixels (default 16)."),
         click.option("--batch-size", type=click.IntRange(1), help="Samples per onnxruntime run (default: from the input size)."),
@@ -393,7 +402,7 @@ def _cli_options(steps, tolerance, baseline, samples, noise_level, base, window,
 @click.option("--fail-fast", is_flag=True, help="Stop at the first bad image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace files left in --out by earlier runs (default: new names, cat-2_...).")
 def explain(images, model, methods, target, region, region_mean, box, decoder, score_threshold, layer, steps, tolerance,
-            baseline, samples, noise_level, base, window, stride, batch_size, target_kind, provider, cmap, alpha, out_dir, fmt,
+            baseline, samples, noise_level, base, composite, lrp_rules, window, stride, batch_size, target_kind, provider, cmap, alpha, out_dir, fmt,
             size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, input_name, output_name,
             quiet, fail_fast, overwrite):
     """Explain IMAGES (files or directories) and write one picture per image and method.
@@ -495,6 +504,7 @@ def _prepare(model, layer, target, target_kind, batch_size, provider, quiet, fla
     goal = parse_target(target, ex.labels, ex.num_classes)
     cli = _cli_options(flags["steps"], flags["tolerance"], flags["baseline"], flags["samples"], flags["noise_level"],
                        flags["base"], flags["window"], flags["stride"], batch_size)
+    cli.update(composite=flags["composite"], rules=flags["lrp_rules"])
     return setup, ex, goal, cli
 
 
@@ -514,7 +524,7 @@ def _zoo_layer(setup):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output PNG (default: onnxsal-out/<image>_compare.png).")
 @preprocessing_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def compare(image, model, methods, target, region, region_mean, box, decoder, score_threshold, layer, steps, tolerance, baseline, samples, noise_level, base, window, stride,
+def compare(image, model, methods, target, region, region_mean, box, decoder, score_threshold, layer, steps, tolerance, baseline, samples, noise_level, base, composite, lrp_rules, window, stride,
             batch_size, target_kind, provider, cmap, alpha, output, size, crop, mean, std, scale, layout, bgr,
             interpolation, preprocess_file, labels_file, input_name, output_name, quiet):
     """One picture: IMAGE and every chosen method's map side by side, labelled."""
@@ -560,7 +570,7 @@ def compare(image, model, methods, target, region, region_mean, box, decoder, sc
 @preprocessing_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and the summary.")
 def batch(inputs, model, methods, target, region, region_mean, box, decoder, score_threshold, layer, steps, tolerance,
-          baseline, samples, noise_level, base, window, stride, batch_size, target_kind, provider, cmap, alpha, out_dir, fmt,
+          baseline, samples, noise_level, base, composite, lrp_rules, window, stride, batch_size, target_kind, provider, cmap, alpha, out_dir, fmt,
           map_dtype, index_file, workers, fail_fast, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file,
           labels_file, input_name, output_name, quiet):
     """Explain a whole dataset: INPUTS are folders, glob patterns, files, or .csv/.jsonl lists of path[,target].
@@ -752,10 +762,18 @@ def methods_cmd():
 @main.command("rules")
 def rules_cmd():
     """The backward rule sets, and the ONNX ops that have a rule."""
-    from .autodiff.registry import rulesets, supported_ops
+    from .autodiff.registry import citations, rulesets, supported_ops
 
-    for name, doc in rulesets().items():
-        click.echo(f"{name:<16} {doc}")
+    sets = rulesets()
+    width = max(len(n) for n in sets)
+    for name, doc in sets.items():
+        click.echo(f"{name:<{width}}  {doc}")
+    for name, cite in citations().items():
+        click.echo(f"\n{name}: {cite}")
+    from .autodiff.rules.lrp import LAYER_RULES
+
+    click.echo("lrp rules (per linear layer): " + ", ".join(LAYER_RULES) + "; parameters epsilon, gamma, stabilizer, low, high, "
+               "zero_bias; BatchNormalization must be folded into its Conv (onnxsal folds Conv -> BatchNormalization)")
     click.echo(f"\nops with a backward rule ({len(supported_ops())}): " + ", ".join(supported_ops()))
 
 

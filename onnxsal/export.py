@@ -31,7 +31,7 @@ from .errors import MethodError
 IMAGE, CLASS, SCORES, TARGET, HEATMAP, OVERLAY = "image", "class", "scores", "target", "heatmap", "overlay"
 CAM_FAMILY = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
 GRADIENT_FAMILY = ("saliency", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet")
-EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam", "integrated_gradients")
+EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam", "integrated_gradients", "lrp")
 
 
 def _seed_nodes(score: str, seed: str, class_input: bool, dtype: int = TensorProto.FLOAT,

@@ -199,7 +199,7 @@ def method_options(method: str, cli: dict) -> dict:
     allowed = METHODS[method].defaults
     mapping = {"steps": "steps", "samples": "samples", "baseline": "baseline", "noise_level": "noise_level",
                "tolerance": "tolerance", "base": "base", "window": "window", "stride": "stride", "batch_size": "batch_size",
-               "decoder": "decoder"}
+               "decoder": "decoder", "composite": "composite", "rules": "rules"}
     options = {}
     for flag, option in mapping.items():
         value = cli.get(flag)
@@ -366,6 +366,7 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
     stems = [names.claim(f.stem, [f"_{m}.{e}" for m in methods for e in extensions]) for f in files]
     prep = explainer.preprocessing
     chunk = images_per_chunk(explainer.graph, chunk)
+    warned: set = set()
     for start in range(0, len(files), chunk):
         batch_files, batch_stems, photos = [], [], []
         for f, stem in zip(files[start:start + chunk], stems[start:start + chunk]):
@@ -393,6 +394,10 @@ def explain_files(explainer, files: list[Path], methods: list[str], target, cli_
         for method in methods:
             res = explainer.explain(x, method, target=goal, progress=progress, **method_options(method, cli_options))
             _check_result(explainer, res, method, batch_files)
+            for line in res.info.get("warnings", []):
+                if (method, line) not in warned:
+                    warned.add((method, line))
+                    warn(f"warning: {method}: {line}")
             for k, f in enumerate(batch_files):
                 stem = batch_stems[k]
                 name = _target_text(explainer, res, k)

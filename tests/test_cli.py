@@ -84,7 +84,8 @@ def _zoo(name):
     (["inspect", "no_such_model"], "neither a zoo model"),
     (["inspect", "missing.onnx"], "model file not found"),
     (["export", "mobilenet_v2", "-o", "x.onnx", "--layer", "nope"], 'unknown layer "nope"'),
-    (["export", "mobilenet_v2", "-o", "x.onnx", "--rules", "lrp"], "unknown rule set 'lrp'"),
+    (["export", "mobilenet_v2", "-o", "x.onnx", "--rules", "lrpx"], "unknown rule set 'lrpx'"),
+    (["export", "mobilenet_v2", "-o", "x.onnx", "--rules", "lrp:conv=nope"], "unknown LRP rule 'nope'"),
 ])
 def test_errors_are_one_line(runner, args, pattern, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

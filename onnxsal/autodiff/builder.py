@@ -309,16 +309,28 @@ def _op_name(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
+def _positions(record: registry.RuleSet, path, wrt) -> dict[int, registry.NodePosition]:
+    """NodePosition of every node on the path whose op is one of the rule set's layer ops (by id of the node)."""
+    if not record.layer_ops:
+        return {}
+    layers = [n for n in reversed(path) if n.op_type in record.layer_ops and n.domain in ("", "ai.onnx")]
+    sources = set(wrt)
+    return {id(n): registry.NodePosition(i, len(layers), any(x in sources for x in n.input)) for i, n in enumerate(layers)}
+
+
+def _rules_on_path(record: registry.RuleSet, path, wrt) -> dict[int, object]:
+    """The rule of every node on the path under `record` (None where it has none), by id of the node."""
+    positions = _positions(record, path, wrt)
+    return {id(n): (record.rule_for(n, positions.get(id(n))) if n.domain in ("", "ai.onnx") else None) for n in path}
+
+
 def missing_rules(model: onnx.ModelProto, output: str, wrt: Sequence[str], ruleset: str = "gradient"):
     """[(op_type, node label)] for nodes on the gradient path that have no rule."""
     dtypes, _ = tensor_types(model)
     nodes = list(model.graph.node)
     path, _ = _needed_nodes(nodes, output, _active_tensors(nodes, wrt, dtypes))
-    out = []
-    for node in reversed(path):
-        if node.domain not in ("", "ai.onnx") or registry.lookup(ruleset, node.op_type) is None:
-            out.append((_op_name(node), node_label(node)))
-    return out
+    chosen = _rules_on_path(registry.get(ruleset), path, wrt)
+    return [(_op_name(node), node_label(node)) for node in reversed(path) if chosen[id(node)] is None]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -407,7 +419,10 @@ def _differentiate(emitter: Emitter, nodes, output: str, wrt: Sequence[str], rul
     """
     active = _active_tensors(nodes, wrt, emitter.dtypes)
     path, needed = _needed_nodes(nodes, output, active)
-    grads: dict[str, list[str]] = {output: [seed_name]}
+    record = registry.get(ruleset)
+    chosen = _rules_on_path(record, path, wrt)
+    start = record.start(emitter, seed_name, output) if record.start is not None else seed_name
+    grads: dict[str, list[str]] = {output: [start]}
 
     def accumulated(t: str) -> str | None:
         parts = grads.get(t)
@@ -421,7 +436,7 @@ def _differentiate(emitter: Emitter, nodes, output: str, wrt: Sequence[str], rul
         grads_out = [accumulated(o) if o else None for o in node.output]
         if all(g is None for g in grads_out):
             continue
-        rule = registry.lookup(ruleset, node.op_type) if node.domain in ("", "ai.onnx") else None
+        rule = chosen[id(node)]
         try:
             if rule is None:
                 raise UnsupportedOpError(f"{node_label(node)}: no backward rule for {_op_name(node)}")
@@ -475,8 +490,7 @@ def build_gradient_model(
     `seed_tensor` names a tensor of the graph to use as the seed instead of a new input (treated as a
     constant: no gradient flows through it).
     """
-    if ruleset not in registry.rulesets():
-        raise UnsupportedOpError(f"unknown rule set {ruleset!r}; choose one of {', '.join(registry.rulesets())}")
+    registry.get(ruleset)  # an unknown rule set: one line naming the known ones
     model = copy.deepcopy(model)
     graph = model.graph
     emitter = Emitter(model)
@@ -496,7 +510,7 @@ def build_gradient_model(
         ops = sorted({op for op, _ in missing})
         raise UnsupportedOpError(
             f"no backward rule for {', '.join(ops)} (first at {missing[0][1]}); "
-            f"supported ops: {', '.join(registry.supported_ops(ruleset))}"
+            f"supported ops: {', '.join(registry.get(ruleset).supported_ops())}"
         )
 
     if seed_tensor is not None:

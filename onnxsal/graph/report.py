@@ -67,8 +67,11 @@ def inspect_model(graph: ModelGraph, original: onnx.ModelProto | None = None) ->
     # it has no rule or its rule refuses this form of it (run-time sizes it cannot handle, unsupported attributes)
     failures = [{"op": op, "node": label, "why": why}
                 for op, label, why in dry_run(graph.model, graph.logits_name, [graph.input_name], "gradient")]
-    # the other rule sets change only ReLU-like ops and fall back to these rules for every other op
-    report["missing_rules"] = {name: failures for name in rulesets()}
+    # guided_backprop and deconvnet change only ReLU-like ops and fall back to these rules for every other op;
+    # LRP's rules emit other nodes (modified weights, bounds): its default composite gets a dry run of its own
+    report["missing_rules"] = {name: failures for name in rulesets() if not name.startswith("lrp")}
+    report["missing_rules"]["lrp"] = [{"op": op, "node": label, "why": why} for op, label, why in
+                                      dry_run(graph.model, graph.logits_name, [graph.input_name], "lrp:epsilon_plus_flat")]
     return report
 
 

@@ -95,30 +95,57 @@ def flipped_transposed(w: np.ndarray, group: int) -> np.ndarray:
     return np.ascontiguousarray(flipped.reshape((group * cg, m // group) + kernel))
 
 
-@rule("Conv")
-def conv(ctx):
-    _weights_are_constant(ctx)
-    x, w, y = ctx.x(0), ctx.x(1), ctx.y()
+def _weight(ctx, w) -> tuple[str, np.ndarray | None]:
+    """(tensor name, value or None) of a weight given as a tensor name or as an array (emitted as a constant)."""
+    if isinstance(w, str):
+        return w, ctx.const(w)
+    value = np.asarray(w)
+    return ctx.constant(value, like=ctx.x(1)), value
+
+
+def conv_vjp(ctx, dy: str, w) -> str:
+    """dx of the node's Conv for the incoming dy, with weights `w` (a tensor name, or an array such as the
+    positive part of the node's weights: LRP re-uses this with modified weights)."""
+    x, y = ctx.x(0), ctx.y()
+    w, weights = _weight(ctx, w)
     xs, ys = ctx.static_shape(x, skip_batch=True), ctx.static_shape(y, skip_batch=True)
     kernel = list(ctx.attr("kernel_shape", None) or ctx.static_shape(w)[2:])
     strides, dilations, begin, end = _spatial_geometry(ctx, xs[2:], kernel)
-    weights, group = ctx.const(w), ctx.attr("group", 1)
+    group = ctx.attr("group", 1)
     reach = [(k - 1) * d for k, d in zip(kernel, dilations)]
     if weights is not None and all(s == 1 for s in strides) and all(r >= p for r, p in zip(reach * 2, begin + end)):
         # stride 1: dx = Conv(dy, rot180(W^T)) with pads (k-1)d - p, onnxruntime's fast convolution path
         pads = [r - p for r, p in zip(reach, begin)] + [r - p for r, p in zip(reach, end)]
-        return ctx.data_grad(ctx.op("Conv", ctx.dy(), ctx.constant(flipped_transposed(weights, group), like=w),
-                                    pads=pads, dilations=dilations, group=group))
+        return ctx.op("Conv", dy, ctx.constant(flipped_transposed(weights, group), like=w),
+                      pads=pads, dilations=dilations, group=group)
     pads, out_pad, crop = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
-    dx = ctx.op("ConvTranspose", ctx.dy(), w, strides=strides, dilations=dilations, pads=pads,
+    dx = ctx.op("ConvTranspose", dy, w, strides=strides, dilations=dilations, pads=pads,
                 output_padding=out_pad if any(out_pad) else None, group=group)
-    return ctx.data_grad(_crop(ctx, dx, crop))
+    return _crop(ctx, dx, crop)
 
 
-@rule("ConvTranspose")
-def conv_transpose(ctx):
-    _weights_are_constant(ctx)
-    x, w, y = ctx.x(0), ctx.x(1), ctx.y()
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides", "output_padding", "output_shape")
+
+
+def layer_forward(ctx, x: str, w=None, b=None) -> str:
+    """The node's own op (Conv, ConvTranspose, Gemm, MatMul, a pooling op) on other operands: input x, weights
+    w and bias b (tensor names or arrays; None: no bias), with the node's attributes. LRP's modified outputs."""
+    op = ctx.node.op_type
+    inputs = [x]
+    if w is not None:
+        inputs.append(_weight(ctx, w)[0])
+    if b is not None:
+        inputs.append(b if isinstance(b, str) else ctx.constant(np.asarray(b), like=ctx.x(0)))
+    attrs = {a.name: ctx.attr(a.name) for a in ctx.node.attribute}
+    if op == "Gemm" and b is None:
+        attrs.pop("beta", None)
+    return ctx.op(op, *inputs, **attrs)
+
+
+def conv_transpose_vjp(ctx, dy: str, w) -> str:
+    """dx of the node's ConvTranspose for dy, with weights `w` (tensor name or array)."""
+    x, y = ctx.x(0), ctx.y()
+    w, _ = _weight(ctx, w)
     xs, ys = ctx.static_shape(x, skip_batch=True), ctx.static_shape(y, skip_batch=True)
     n = len(xs) - 2
     kernel = list(ctx.attr("kernel_shape", None) or ctx.static_shape(w)[2:])
@@ -137,7 +164,7 @@ def conv_transpose(ctx):
     else:
         begin = list(ctx.attr("pads", None) or [0] * (2 * n))[:n]
     # dx[i] = sum_k dy[i*s - pb + k*d] w[k]: a Conv with begin pads pb; end pads make its length H_in
-    dy, ends, crop = ctx.dy(), [], {}
+    ends, crop = [], {}
     for axis, (size, out, k, s, d, pb) in enumerate(zip(xs[2:], ys[2:], kernel, strides, dilations, begin)):
         pe = (size - 1) * s + (k - 1) * d + 1 - pb - out
         if pe < 0:
@@ -147,7 +174,19 @@ def conv_transpose(ctx):
     if crop:
         axes = sorted(crop)
         dy = ctx.op("Slice", dy, ctx.ints([0] * len(axes)), ctx.ints([crop[a] for a in axes]), ctx.ints(axes))
-    return ctx.data_grad(ctx.op("Conv", dy, w, strides=strides, dilations=dilations, pads=begin + ends, group=ctx.attr("group", 1)))
+    return ctx.op("Conv", dy, w, strides=strides, dilations=dilations, pads=begin + ends, group=ctx.attr("group", 1))
+
+
+@rule("Conv")
+def conv(ctx):
+    _weights_are_constant(ctx)
+    return ctx.data_grad(conv_vjp(ctx, ctx.dy(), ctx.x(1)))
+
+
+@rule("ConvTranspose")
+def conv_transpose(ctx):
+    _weights_are_constant(ctx)
+    return ctx.data_grad(conv_transpose_vjp(ctx, ctx.dy(), ctx.x(1)))
 
 
 @rule("MaxPool")
@@ -174,8 +213,8 @@ def _pool_divisor(size, out, k, s, d, pb, pe, include_pad):
     return np.asarray(counts, dtype=np.float64)
 
 
-@rule("AveragePool")
-def average_pool(ctx):
+def average_pool_vjp(ctx, dy: str) -> str:
+    """dx of the node's AveragePool for dy: ConvTranspose(dy / divisor, ones), depthwise."""
     x, y = ctx.x(), ctx.y()
     xs, ys = ctx.static_shape(x, skip_batch=True), ctx.static_shape(y, skip_batch=True)
     kernel = list(ctx.attr("kernel_shape"))
@@ -186,19 +225,28 @@ def average_pool(ctx):
         per_axis = _pool_divisor(size, out, k, s, d, pb, pe, include_pad)
         divisor = np.multiply.outer(divisor, per_axis)
     channels = xs[1]
-    scaled = ctx.mul(ctx.dy(), ctx.constant((1.0 / divisor)[None, None], like=x))
+    scaled = ctx.mul(dy, ctx.constant((1.0 / divisor)[None, None], like=x))
     ones = ctx.constant(np.ones([channels, 1] + kernel), like=x)
     pads, out_pad, crop = _transpose_geometry(xs[2:], ys[2:], kernel, strides, dilations, begin)
     dx = ctx.op("ConvTranspose", scaled, ones, strides=strides, dilations=dilations, pads=pads,
                 output_padding=out_pad if any(out_pad) else None, group=channels)
-    return ctx.data_grad(_crop(ctx, dx, crop))
+    return _crop(ctx, dx, crop)
+
+
+@rule("AveragePool")
+def average_pool(ctx):
+    return ctx.data_grad(average_pool_vjp(ctx, ctx.dy()))
+
+
+def global_average_pool_vjp(ctx, dy: str) -> str:
+    x = ctx.x()
+    area = int(np.prod(ctx.dims(x, range(2, ctx.rank(x)))))
+    return ctx.op("Expand", ctx.scale(dy, 1.0 / area), ctx.shape_of(x))
 
 
 @rule("GlobalAveragePool")
 def global_average_pool(ctx):
-    x = ctx.x()
-    area = int(np.prod(ctx.dims(x, range(2, ctx.rank(x)))))
-    return ctx.data_grad(ctx.op("Expand", ctx.scale(ctx.dy(), 1.0 / area), ctx.shape_of(x)))
+    return ctx.data_grad(global_average_pool_vjp(ctx, ctx.dy()))
 
 
 @rule("GlobalMaxPool")
@@ -245,6 +293,15 @@ def layer_normalization(ctx):
     return ctx.data_grad(ctx.mul(inv, inner))
 
 
+def gemm_vjp(ctx, dy: str, b) -> str:
+    """dA of the node's Gemm for dY with B = `b` (tensor name or array): dA' = alpha dY B'^T."""
+    b, _ = _weight(ctx, b)
+    alpha = ctx.attr("alpha", 1.0)
+    ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    return (ctx.op("Gemm", b, dy, alpha=alpha, transA=tb, transB=1) if ta
+            else ctx.op("Gemm", dy, b, alpha=alpha, transB=0 if tb else 1))
+
+
 @rule("Gemm")
 def gemm(ctx):
     # Y = alpha A' B' + beta C, A' = A^T if transA, B' = B^T if transB
@@ -253,9 +310,7 @@ def gemm(ctx):
     ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)
     grads = [None] * len(ctx.node.input)
     if ctx.needs(0):
-        # dA' = alpha dY B'^T
-        grads[0] = (ctx.op("Gemm", b, dy, alpha=alpha, transA=tb, transB=1) if ta
-                    else ctx.op("Gemm", dy, b, alpha=alpha, transB=0 if tb else 1))
+        grads[0] = gemm_vjp(ctx, dy, b)
     if ctx.needs(1):
         # dB' = alpha A'^T dY
         grads[1] = (ctx.op("Gemm", dy, a, alpha=alpha, transA=1, transB=ta) if tb
@@ -271,11 +326,12 @@ def _swap_last(ctx, t, rank):
     return ctx.op("Transpose", t, perm=perm)
 
 
-@rule("MatMul")
-def matmul(ctx):
-    # batched Y = A B (numpy matmul): dA = dY B^T, dB = A^T dY, each summed over broadcast batch dims
-    a, b, dy = ctx.x(0), ctx.x(1), ctx.dy()
-    sa, sb, sy = ctx.shape(a), ctx.shape(b), ctx.shape(ctx.y())
+def matmul_vjp(ctx, dy: str, b=None, a=None, which: int = 0) -> str:
+    """dA (which=0) or dB (which=1) of the node's batched MatMul Y = A B for dY, with the other operand given
+    (tensor name or array; default: the node's own), each summed over broadcast batch dims."""
+    a = ctx.x(0) if a is None else _weight(ctx, a)[0]
+    b = ctx.x(1) if b is None else _weight(ctx, b)[0]
+    sa, sb, sy = ctx.shape(ctx.x(0)), ctx.shape(ctx.x(1)), ctx.shape(ctx.y())
     if sa is None or sb is None or sy is None:
         raise UnsupportedOpError(f"{node_label(ctx.node)}: operand ranks unknown (shape inference failed)")
     sy = tuple(sy)
@@ -283,16 +339,19 @@ def matmul(ctx):
         a, sa, dy, sy = ctx.unsqueeze(a, [0]), (1,) + tuple(sa), ctx.unsqueeze(dy, [-2]), sy[:-1] + (1,) + sy[-1:]
     if len(sb) == 1:  # (k,) -> (k, 1); y loses the m axis
         b, sb, dy, sy = ctx.unsqueeze(b, [-1]), tuple(sb) + (1,), ctx.unsqueeze(dy, [-1]), sy + (1,)
-    grads = [None, None]
-    if ctx.needs(0):
+    if which == 0:
         da = ctx.op("MatMul", dy, _swap_last(ctx, b, len(sb)))
         da = ctx.sum_to(da, sy[:-2] + tuple(sa[-2:]), tuple(sa), ctx.x(0))
-        grads[0] = ctx.reshape_like(da, ctx.x(0)) if len(ctx.shape(ctx.x(0))) == 1 else da
-    if ctx.needs(1):
-        db = ctx.op("MatMul", _swap_last(ctx, a, len(sa)), dy)
-        db = ctx.sum_to(db, sy[:-2] + tuple(sb[-2:]), tuple(sb), ctx.x(1))
-        grads[1] = ctx.reshape_like(db, ctx.x(1)) if len(ctx.shape(ctx.x(1))) == 1 else db
-    return grads
+        return ctx.reshape_like(da, ctx.x(0)) if len(ctx.shape(ctx.x(0))) == 1 else da
+    db = ctx.op("MatMul", _swap_last(ctx, a, len(sa)), dy)
+    db = ctx.sum_to(db, sy[:-2] + tuple(sb[-2:]), tuple(sb), ctx.x(1))
+    return ctx.reshape_like(db, ctx.x(1)) if len(ctx.shape(ctx.x(1))) == 1 else db
+
+
+@rule("MatMul")
+def matmul(ctx):
+    # batched Y = A B (numpy matmul): dA = dY B^T, dB = A^T dY, each summed over broadcast batch dims
+    return [matmul_vjp(ctx, ctx.dy(), which=i) if ctx.needs(i) else None for i in range(2)]
 
 
 @rule("Softmax")
