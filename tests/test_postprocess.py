@@ -125,6 +125,16 @@ def test_normalize_by_hand():
         np.testing.assert_array_equal(got, zero)
 
 
+@pytest.mark.parametrize("n,q", [(5, 90.0), (5, 80.0), (2, 30.0), (1, 99.0), (1, 0.0), (4, 100.0)])
+def test_percentile_on_few_values_against_numpy(n, q):
+    # few values put lo = floor((n - 1) q / 100) on the last two order statistics (n = 5, q = 90: pos 3.6, lo 3,
+    # hi 4) and n = 1 on the only one; numpy's 'linear' percentile is the oracle
+    maps = np.abs(f32(3, 1, n)) + 0.1
+    want = np.percentile(maps.reshape(3, -1), q, axis=1)
+    for got in both(lambda ops, t: pp.percentile(ops, t, n, q), maps):
+        np.testing.assert_allclose(np.asarray(got).ravel(), want, rtol=1e-6)
+
+
 @pytest.mark.parametrize("q", [99.0, 100.0, 50.0, 0.0])
 @pytest.mark.parametrize("signed", [False, True])
 def test_normalize_matches_numpy_percentile_and_the_display_kernel(q, signed):
@@ -169,3 +179,12 @@ def test_photo_from_input_recovers_the_pixels(layout, bgr):
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     for got in both(lambda ops, t: pp.photo_from_input(ops, t, layout, prep.scale, prep.mean, prep.std, bgr), x):
         np.testing.assert_array_equal(got, pixels)
+
+
+def test_photo_from_input_keeps_black_and_white_and_clips_what_lies_outside():
+    # pixels 0 and 255 come back exactly; inputs that stand for -40 and 300 are clipped to 0 and 255
+    scale, mean, std = 1 / 255, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    pixels = np.array([[0, 0, 0], [255, 255, 255], [-40, 300, 128]], np.float64).reshape(1, 1, 3, 3)
+    x = ((pixels * scale - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
+    for got in both(lambda ops, t: pp.photo_from_input(ops, t, "NHWC", scale, mean, std), x):
+        np.testing.assert_array_equal(np.asarray(got).reshape(3, 3), [[0, 0, 0], [255, 255, 255], [0, 255, 128]])
