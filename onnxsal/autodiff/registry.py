@@ -18,6 +18,15 @@ RULESET_DOCS = {
 }
 
 
+# rule sets whose rules read a reference forward pass (RuleContext.ref): the augmented graph gets a reference input
+REFERENCE_RULESETS: set[str] = set()
+
+
+def needs_reference(ruleset: str) -> bool:
+    _load()
+    return ruleset in REFERENCE_RULESETS
+
+
 def rule(*op_types: str, ruleset: str = "gradient"):
     """Register the decorated function as the backward rule of `op_types` in `ruleset`."""
 
@@ -55,4 +64,4 @@ def _load() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from .rules import activation, elementwise, modified_relu, nn, reduce, shape  # noqa: F401  (registers rules)
+        from .rules import activation, deeplift, elementwise, modified_relu, nn, reduce, shape  # noqa: F401  (registers rules)
