@@ -409,8 +409,10 @@ def test_errors_and_listing():
     model, _ = small_net("relu")
     ex = Explainer(to_onnx(model, (1, 3, 12, 12)))
     x, ref = inputs()
-    with pytest.raises(MethodError, match="deeplift takes one reference"):
-        ex.explain(x, "deeplift", baseline=["zeros", "blur"])
+    several = ex.explain(x, "deeplift", baseline=["zeros", "blur"])  # several references: their average
+    assert rel(several.attributions, ex.explain(x, "deeplift_shap", baseline=["zeros", "blur"]).attributions) < 1e-6
+    with pytest.raises(MethodError, match="cannot be negative"):
+        ex.explain(x, "gradient_shap", noise_level=-1.0)
     with pytest.raises(MethodError, match="references must be an array"):
         ex.explain(x, "deeplift_shap", references=np.zeros((2, 3, 5, 5), np.float32))
     with pytest.raises(MethodError, match="alphas must hold 10 values"):

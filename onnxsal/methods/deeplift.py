@@ -11,7 +11,8 @@ deeplift_shap  Lundberg & Lee 2017, A Unified Approach to Interpreting Model Pre
                DeepLiftShap). delta = sum_i phi_i - (F(x) - 1/B sum_b F(x'_b)).
 gradient_shap  Lundberg & Lee 2017 / Captum's GradientShap (expected gradients, Erion et al. 2021):
                phi_i = 1/n sum_k (x~_k - x'_k)_i * dF(x'_k + a_k (x~_k - x'_k)) / dx_i, with x'_k drawn uniformly
-               from the references, a_k ~ U[0, 1) and x~_k = x + N(0, stdev^2) (stdev = 0: no noise, the default).
+               from the references, a_k ~ U[0, 1) and x~_k = x + N(0, stdev^2) (stdev = 0: no noise, the default;
+               or stdev = noise_level * (max(x) - min(x)) per image, as SmoothGrad).
                delta = sum_i phi_i - (F(x) - 1/B sum_b F(x'_b)), a Monte-Carlo gap.
 
 Shapes: x (N, C, H, W) or (N, H, W, C) (any rank for the attributions), seeds shaped like the score tensor;
@@ -19,13 +20,13 @@ attributions shaped like x, maps (N, H, W) by the channel reduction `reduce` (de
 
 References: `baseline` takes the names of Integrated Gradients (black, zeros, gray, mean, blur, uniform), a number,
 an array shaped like x or one sample, or a list of them (one reference per entry, for each image); `references`
-takes an array (B, ...) of reference samples (e.g. images of a data set) shared by every image. deeplift takes
-exactly one reference; deeplift_shap and gradient_shap default to [black (zeros without preprocessing), blur,
-uniform]. Pairs (image, reference) and (image, sample) stream through ONNX Runtime in batches of `batch_size`
+takes an array (B, ...) of reference samples (e.g. images of a data set) shared by every image. deeplift defaults to
+one reference (black, or zeros without preprocessing) and, given several, returns their average (= deeplift_shap);
+deeplift_shap and gradient_shap default to [black (zeros without preprocessing), blur, uniform]. Pairs (image, reference) and (image, sample) stream through ONNX Runtime in batches of `batch_size`
 with running sums, as Integrated Gradients does.
 
-Errors: MethodError for a list of references given to deeplift, for references of the wrong shape, for samples < 1,
-and for replayed draws (noise, alphas, choices) of the wrong size.
+Errors: MethodError for references of the wrong shape, for samples < 1, a negative stdev or noise_level, and for
+replayed draws (noise, alphas, choices) of the wrong size or range.
 """
 
 from __future__ import annotations
@@ -92,30 +93,6 @@ def _explained(scores: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 
 
 @register
-class DeepLift(_ReferenceMethod):
-    name = "deeplift"
-    description = "DeepLIFT (Rescale): (x - x') times multipliers Delta y / Delta x through every nonlinearity"
-    reference = "Shrikumar, Greenside & Kundaje 2017, Learning Important Features Through Propagating Activation Differences"
-    in_graph_top = True
-
-    def attribute(self, x, seeds, progress=None):
-        refs = self.references(x)
-        if refs.shape[1] != 1:
-            raise MethodError("deeplift takes one reference; deeplift_shap averages over several (--method deeplift_shap)")
-        ref = np.ascontiguousarray(refs[:, 0], np.float32)
-        out = self.ex.gradients(x, seeds, ruleset=RULESET, reference=ref)
-        seeds = self._seeds(out, seeds)
-        attributions = (x - ref) * out.input_grad
-        f_x, f_ref = _explained(out.scores, seeds), _explained(out.reference_scores, seeds)
-        delta = attributions.reshape(len(x), -1).sum(axis=1, dtype=np.float64) - (f_x - f_ref)
-        if progress:
-            progress(len(x))
-        result = self._finish(x, attributions, delta, {"evaluations": 1})
-        result.scores = out.scores
-        return result
-
-
-@register
 class DeepLiftShap(_ReferenceMethod):
     name = "deeplift_shap"
     description = "DeepLIFT SHAP: DeepLIFT averaged over a distribution of references"
@@ -152,19 +129,54 @@ class DeepLiftShap(_ReferenceMethod):
 
 
 @register
+class DeepLift(DeepLiftShap):
+    name = "deeplift"
+    description = "DeepLIFT (Rescale): (x - x') times multipliers Delta y / Delta x through every nonlinearity"
+    reference = "Shrikumar, Greenside & Kundaje 2017, Learning Important Features Through Propagating Activation Differences"
+    in_graph_top = True
+    default_baselines = None
+
+    def attribute(self, x, seeds, progress=None):
+        refs = self.references(x)
+        if refs.shape[1] != 1:  # several references: their average, i.e. DeepLIFT SHAP (Lundberg & Lee 2017)
+            if seeds is None:
+                seeds = self.goal.seeds(self.ex.engine.forward(x, self.ex.target_kind)[0], self.ex.graph.class_axis)
+            return super().attribute(x, seeds, progress)
+        ref = np.ascontiguousarray(refs[:, 0], np.float32)
+        out = self.ex.gradients(x, seeds, ruleset=RULESET, reference=ref)
+        seeds = self._seeds(out, seeds)
+        attributions = (x - ref) * out.input_grad
+        f_x, f_ref = _explained(out.scores, seeds), _explained(out.reference_scores, seeds)
+        delta = attributions.reshape(len(x), -1).sum(axis=1, dtype=np.float64) - (f_x - f_ref)
+        if progress:
+            progress(len(x))
+        result = self._finish(x, attributions, delta, {"evaluations": 1})
+        result.scores = out.scores
+        return result
+
+
+@register
 class GradientShap(_ReferenceMethod):
     name = "gradient_shap"
     description = "GradientSHAP: (x~ - x') * gradient at a random point between a random reference and the noisy input"
     reference = "Lundberg & Lee 2017 (SHAP); Erion et al. 2021 (expected gradients); Captum's GradientShap"
-    defaults = {**_ReferenceMethod.defaults, "samples": 5, "stdev": 0.0, "noise": None, "alphas": None, "choices": None}
+    defaults = {**_ReferenceMethod.defaults, "samples": 5, "stdev": 0.0, "noise_level": None, "noise": None, "alphas": None,
+                "choices": None}
     default_baselines = ("blur", "uniform")
 
     def __init__(self, explainer, **options):
         super().__init__(explainer, **options)
         if int(self.options["samples"]) < 1:
             raise MethodError("samples must be at least 1")
-        if float(self.options["stdev"]) < 0:
-            raise MethodError("stdev is a standard deviation and cannot be negative")
+        if float(self.options["stdev"]) < 0 or float(self.options["noise_level"] or 0) < 0:
+            raise MethodError("stdev and noise_level set a standard deviation and cannot be negative")
+
+    def _sigma(self, x: np.ndarray) -> np.ndarray:
+        """Per image: stdev, or noise_level * (max(x) - min(x)) (SmoothGrad's convention) when noise_level is set."""
+        if self.options["noise_level"] is None:
+            return np.full(len(x), float(self.options["stdev"]), np.float32)
+        flat = x.reshape(len(x), -1)
+        return (float(self.options["noise_level"]) * (flat.max(axis=1) - flat.min(axis=1))).astype(np.float32)
 
     def runs_per_sample(self) -> int:
         return int(self.options["samples"])
@@ -191,17 +203,14 @@ class GradientShap(_ReferenceMethod):
         alphas = given("alphas", (n * k,), np.float64)
         if alphas is None:
             alphas = rng.uniform(0.0, 1.0, n * k)
-        noise = given("noise", (n * k,) + x.shape[1:], np.float32)
-        stdev = float(self.options["stdev"])
-        if noise is None and stdev > 0:
-            noise = None  # drawn per batch below (bounded memory)
+        noise = given("noise", (n * k,) + x.shape[1:], np.float32)  # else drawn per batch (bounded memory)
         return choices, alphas, noise, rng
 
     def attribute(self, x, seeds, progress=None):
         refs = self.references(x)
         n, nb, k = len(x), refs.shape[1], int(self.options["samples"])
         choices, alphas, noise, rng = self._draws(x, nb)
-        stdev = float(self.options["stdev"])
+        sigma = self._sigma(x)
         total = n * k
         acc = np.zeros((n, int(np.prod(x.shape[1:]))), np.float64)
         view = (-1,) + (1,) * (x.ndim - 1)
@@ -211,8 +220,8 @@ class GradientShap(_ReferenceMethod):
             noisy = x[image]
             if noise is not None:
                 noisy = noisy + noise[sample]
-            elif stdev > 0:
-                noisy = noisy + rng.standard_normal(noisy.shape, dtype=np.float32) * np.float32(stdev)
+            elif sigma.any():
+                noisy = noisy + rng.standard_normal(noisy.shape, dtype=np.float32) * sigma[image].reshape(view)
             base = refs[image, choices[sample]]
             diff = noisy - base
             points = (base + alphas[sample].astype(np.float32).reshape(view) * diff).astype(np.float32)

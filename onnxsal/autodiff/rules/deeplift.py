@@ -9,11 +9,18 @@ Gemm, MatMul, pooling by average, BatchNormalization, Add, reshapes, ...) keep t
 already Delta y / Delta x. The method multiplies the multipliers at the input by (x - x_ref).
 
 Rules, per op:
-  elementwise nonlinearities of one input  Rescale: dx = dy * Delta y / Delta x, and the gradient
-        dy * f'(x) where |Delta x| < EPS (the limit Delta x -> 0, as the paper and Captum do). Ops: Relu,
-        LeakyRelu, PRelu, ThresholdedRelu, Clip (ReLU6), Elu, Selu, Celu, Sigmoid, Tanh, HardSigmoid, HardSwish,
-        Softplus, Softsign, Gelu, Mish, Erf, Exp, Log, Sqrt, Reciprocal, Abs, Sin, Cos, Pow with a constant
-        exponent, Floor, Ceil, Round, Sign.
+  piecewise-linear nonlinearities with slopes 0 and +-1 (Relu, ThresholdedRelu, Clip / ReLU6, Abs, and the steps
+        Floor, Ceil, Round, Sign)  Rescale: dx = dy * Delta y / Delta x wherever Delta x != 0, however small: on a
+        piece y - y_ref is exactly +-(x - x_ref) or 0, so the float32 quotient is exact, and across a kink it is the
+        paper's secant. Where Delta x = 0 exactly the multiplier is 0 rather than the
+        gradient: such a unit reads only inputs that did not change either (Delta = 0 through its whole
+        receptive field, but for exact cancellations), whose contributions (x - x_ref) * m are 0 whatever m is,
+        so the attributions are the same; it saves onnxruntime a slow Where per activation. (Captum takes the
+        gradient where |Delta x| < 1e-10.)
+  other elementwise nonlinearities of one input  Rescale: dx = dy * Delta y / Delta x, and the gradient
+        dy * f'(x) where |Delta x| < EPS (the limit Delta x -> 0, as the paper and Captum do). Ops: LeakyRelu,
+        PRelu, Elu, Selu, Celu, Sigmoid, Tanh, HardSigmoid, HardSwish, Softplus, Softsign, Gelu, Mish, Erf, Exp,
+        Log, Sqrt, Reciprocal, Sin, Cos, Pow with a constant exponent.
   Mul of two tensors that both depend on the input (SiLU's x * Sigmoid(x), squeeze-excitation gates, Gelu
         exported as x * 0.5 * (1 + Erf(..))): da = dy * (b + b_ref) / 2, db = dy * (a + a_ref) / 2, the
         Shapley split of a product, Delta(ab) = (a + a')/2 Delta b + (b + b')/2 Delta a exactly. It keeps
@@ -51,6 +58,8 @@ REFERENCE_RULESETS.add(RULESET)
 RULESET_DOCS[RULESET] = ("Shrikumar et al. 2017 (DeepLIFT, Rescale rule): nonlinearities pass dy * (y - y_ref) / "
                          "(x - x_ref) from a reference forward pass; MaxPool and Softmax as Captum")
 
+# pieces of slope 0 or +-1: the secant is exact in floating point wherever Delta x != 0
+PIECEWISE_LINEAR = ("Relu", "ThresholdedRelu", "Clip", "Abs", "Floor", "Ceil", "Round", "Sign")
 RESCALE_OPS = ("Relu", "LeakyRelu", "PRelu", "ThresholdedRelu", "Clip", "Elu", "Selu", "Celu", "Sigmoid", "Tanh",
                "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Exp", "Log", "Sqrt",
                "Reciprocal", "Abs", "Sin", "Cos", "Pow", "Floor", "Ceil", "Round", "Sign")
@@ -96,9 +105,20 @@ def _rescale(ctx, plain_dx: str, x: str, y: str) -> str:
     return ctx.op("Where", _small(ctx, dx), plain_dx, secant)
 
 
+def _rescale_piecewise_linear(ctx, x: str, y: str) -> str:
+    """dy * Delta y / Delta x where Delta x != 0, else 0 (see the module docstring): on a linear piece y and y_ref
+    are x and x_ref times the same slope, so the float32 quotient is exact however small Delta x is; no gradient
+    is needed, and no Where (slow in onnxruntime): Delta y / (Delta x + [Delta x = 0])."""
+    dx = _delta(ctx, x)
+    zero = ctx.op("Cast", ctx.op("Equal", dx, ctx.constant(0.0, like=dx)), to=ctx.e.dtypes.get(dx, 1))
+    return ctx.mul(ctx.dy(), ctx.op("Div", _delta(ctx, y), ctx.op("Add", dx, zero)))
+
+
 @rule(*RESCALE_OPS, ruleset=RULESET)
 def rescale(ctx):
     x, y = ctx.x(0), ctx.y(0)
+    if ctx.node.op_type in PIECEWISE_LINEAR and ctx.ref(x) != x:
+        return ctx.data_grad(_rescale_piecewise_linear(ctx, x, y))
     plain = _plain(ctx)
     if ctx.node.op_type == "Pow" and ctx.ref(ctx.x(1)) != ctx.x(1):
         return plain  # x ** y with y depending on the input: two varying inputs, no Rescale rule
