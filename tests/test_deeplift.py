@@ -450,3 +450,82 @@ def test_export_rules_deeplift(tmp_path):
     grad = sess.run(["x_grad"], feeds)[0]
     theirs, _ = captum_deeplift(twin, x, ref, 0)
     assert rel((x - ref) * grad, theirs) <= 1e-4
+
+
+# -- RevealCancel (Captum has none): hand values and a numpy replica of the paper's equations ----------------------
+
+def test_reveal_cancel_hand_values():
+    """y = ReLU(x1 - x2) at x = (3, 1), reference 0 (Shrikumar et al. 2017, sec. 3.5.3): Delta x+ = 3, Delta x- = -1,
+    Delta y+ = 1/2 (ReLU(3) - 0) + 1/2 (ReLU(2) - ReLU(-1)) = 2.5, Delta y- = 1/2 (ReLU(-1) - 0) + 1/2 (ReLU(2) - ReLU(3))
+    = -0.5: RevealCancel gives (2.5, -0.5); Rescale gives (3, -1) (multiplier 2 / 2)."""
+    l1, l2 = nn.Linear(2, 1, bias=False), nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        l1.weight[:] = torch.tensor([[1.0, -1.0]])
+        l2.weight[:] = torch.tensor([[1.0], [0.0]])
+    ex = Explainer(to_onnx(nn.Sequential(l1, nn.ReLU(), l2).eval(), (1, 2)))
+    x, ref = np.array([[3.0, 1.0]], np.float32), np.zeros((1, 2), np.float32)
+    np.testing.assert_allclose(ex.explain(x, "deeplift_reveal_cancel", target=0, baseline=ref).attributions, [[2.5, -0.5]],
+                               atol=1e-6)
+    np.testing.assert_allclose(ex.explain(x, "deeplift", target=0, baseline=ref).attributions, [[3.0, -1.0]], atol=1e-6)
+
+
+def _reveal_cancel_replica(weights, biases, acts, x, ref, target):
+    """Numpy float64 RevealCancel on an MLP (Linear, f, Linear, f, ..., Linear), straight from sec. 3.5.1 / 3.5.3;
+    acts are (f, f'), the gradient at x standing in where |Delta z+-| < EPS (as the rule set documents)."""
+    def split(w, dh):  # Delta z+ and Delta z-: the positive / negative terms w_ji Dh_i of each unit's sum
+        terms = w[None] * dh[:, None, :]  # (N, out, in)
+        return (terms * (terms > 0)).sum(-1), (terms * (terms < 0)).sum(-1), terms
+
+    h, hr = x.astype(np.float64), ref.astype(np.float64)
+    layers = []
+    for w, b, (f, slope) in zip(weights[:-1], biases[:-1], acts):
+        z, zr = h @ w.T + b, hr @ w.T + b
+        pos, neg, _ = split(w, h - hr)
+        y, yr = f(z), f(zr)
+        up, down = f(zr + pos), f(zr + neg)
+        dy_pos, dy_neg = 0.5 * (up - yr) + 0.5 * (y - down), 0.5 * (down - yr) + 0.5 * (y - up)
+        ratio = [np.where(np.abs(d) < EPS, slope(z), part / np.where(d == 0, 1, d)) for part, d in ((dy_pos, pos), (dy_neg, neg))]
+        layers.append((w, h - hr, *ratio))
+        h, hr = y, yr
+    m = np.broadcast_to(weights[-1][target], h.shape)  # multipliers of the last hidden layer
+    for w, dh, r_pos, r_neg in reversed(layers):
+        m_pos, m_neg = m * r_pos, m * r_neg
+        sign = np.sign(w[None] * dh[:, None, :])  # (N, out, in)
+        m = (np.einsum("noi,no->ni", w[None] * (sign > 0), m_pos) + np.einsum("noi,no->ni", w[None] * (sign < 0), m_neg)
+             + np.einsum("noi,no->ni", w[None] * ((dh == 0)[:, None, :]), 0.5 * (m_pos + m_neg)))
+    return (x - ref) * m
+
+
+def test_reveal_cancel_matches_numpy_replica():
+    torch.manual_seed(21)
+    lins = [nn.Linear(6, 8), nn.Linear(8, 5), nn.Linear(5, 3)]
+    model = nn.Sequential(lins[0], nn.ReLU(), lins[1], nn.Sigmoid(), lins[2]).eval()
+    rng = np.random.default_rng(22)
+    x, ref = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal((4, 6)).astype(np.float32)
+    ours = Explainer(to_onnx(model, (1, 6))).explain(x, "deeplift_reveal_cancel", target=2, baseline=ref)
+    weights = [l.weight.detach().numpy().astype(np.float64) for l in lins]
+    biases = [l.bias.detach().numpy().astype(np.float64) for l in lins]
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-z))
+
+    acts = [(lambda z: np.maximum(z, 0), lambda z: (z > 0).astype(float)), (sigmoid, lambda z: sigmoid(z) * (1 - sigmoid(z)))]
+    replica = _reveal_cancel_replica(weights, biases, acts, x, ref, 2)
+    assert rel(ours.attributions, replica) <= 1e-4
+    # it is not Rescale on this net
+    assert rel(Explainer(to_onnx(model, (1, 6))).explain(x, "deeplift", target=2, baseline=ref).attributions, replica) > 1e-2
+
+
+@pytest.mark.parametrize("family", ["resnet", "mobilenet_v2", "vgg"])
+def test_reveal_cancel_summation_to_delta(family):
+    """Conv -> ReLU / ReLU6 pairs take RevealCancel (the others Rescale); the contributions still add up."""
+    import torch_models
+
+    model = torch_models.build(family)
+    shape = (3, torch_models.SIZE, torch_models.SIZE)
+    x, ref = inputs(2, seed=23, shape=shape)
+    ex = Explainer(to_onnx(model, (1, *shape)))
+    e = ex.explain(x, "deeplift_reveal_cancel", target=5, baseline=ref)
+    with torch.no_grad():
+        gap = (model(torch.as_tensor(x)) - model(torch.as_tensor(ref)))[:, 5].numpy()
+    assert np.abs(e.attributions.reshape(2, -1).sum(1) - gap).max() <= 1e-4 * max(1.0, np.abs(gap).max())
+    assert rel(e.attributions, ex.explain(x, "deeplift", target=5, baseline=ref).attributions) > 1e-3

@@ -6,6 +6,9 @@ deeplift       Shrikumar, Greenside & Kundaje 2017, Learning Important Features 
                from a reference forward pass inside the same ONNX graph). Summation-to-delta (eq. 1):
                sum_i C_i = F(x) - F(x'); delta = sum_i C_i - (F(x) - F(x')) is reported (0 up to rounding where every
                op on the path has a DeepLIFT rule; see the rule set for the ops that keep their gradient).
+deeplift_reveal_cancel  the same with the RevealCancel rule (sec. 3.5.3) at every nonlinearity fed straight by a
+               Conv / Gemm / MatMul: the positive and negative terms of Delta x get their own multipliers
+               (autodiff/rules/deeplift.py); Rescale elsewhere. Summation-to-delta holds as for Rescale.
 deeplift_shap  Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions (Deep SHAP, sec. 4.2):
                DeepLIFT averaged over a distribution of references, phi_i = 1/B sum_b C_i(x, x'_b) (Captum's
                DeepLiftShap). delta = sum_i phi_i - (F(x) - 1/B sum_b F(x'_b)).
@@ -36,11 +39,9 @@ import numpy as np
 from .base import REDUCTIONS, Attribution, Method, reduce_channels, register
 from ..errors import MethodError
 
-RULESET = "deeplift"
-
-
 class _ReferenceMethod(Method):
     signed = True
+    ruleset = "deeplift"
     defaults = {"baseline": None, "references": None, "batch_size": None, "reduce": "sum", "seed": 0,
                 "blur_sigma": 10.0}
     default_baselines: object = None  # what baseline=None means (None: the Explainer's default, black or zeros)
@@ -117,7 +118,7 @@ class DeepLiftShap(_ReferenceMethod):
             pair = np.arange(start, min(total, start + self._batch()))
             image, ref = pair // nb, pair % nb
             xs, rs = x[image], np.ascontiguousarray(refs[image, ref], np.float32)
-            out = self.ex.gradients(xs, seeds[image], ruleset=RULESET, reference=rs)
+            out = self.ex.gradients(xs, seeds[image], ruleset=self.ruleset, reference=rs)
             contributions = ((xs - rs) * out.input_grad).reshape(len(pair), -1)
             np.add.at(acc, image, contributions)
             np.add.at(gap, image, _explained(out.scores, seeds[image]) - _explained(out.reference_scores, seeds[image]))
@@ -143,7 +144,7 @@ class DeepLift(DeepLiftShap):
                 seeds = self.goal.seeds(self.ex.engine.forward(x, self.ex.target_kind)[0], self.ex.graph.class_axis)
             return super().attribute(x, seeds, progress)
         ref = np.ascontiguousarray(refs[:, 0], np.float32)
-        out = self.ex.gradients(x, seeds, ruleset=RULESET, reference=ref)
+        out = self.ex.gradients(x, seeds, ruleset=self.ruleset, reference=ref)
         seeds = self._seeds(out, seeds)
         attributions = (x - ref) * out.input_grad
         f_x, f_ref = _explained(out.scores, seeds), _explained(out.reference_scores, seeds)
@@ -234,3 +235,12 @@ class GradientShap(_ReferenceMethod):
         f_ref = np.mean([self.ex.score(np.ascontiguousarray(refs[:, b], np.float32), seeds) for b in range(nb)], axis=0)
         delta = attributions.reshape(n, -1).sum(axis=1) - (f_x - f_ref)
         return self._finish(x, attributions, delta, {"evaluations": k, "references": nb})
+
+
+@register
+class DeepLiftRevealCancel(DeepLift):
+    name = "deeplift_reveal_cancel"
+    description = "DeepLIFT (RevealCancel): positive and negative parts of each unit's input get their own multipliers"
+    reference = ("Shrikumar, Greenside & Kundaje 2017, Learning Important Features Through Propagating Activation "
+                 "Differences (RevealCancel, sec. 3.5.3)")
+    ruleset = "deeplift_reveal_cancel"

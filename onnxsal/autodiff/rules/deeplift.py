@@ -169,3 +169,154 @@ def softmax(ctx):
         ctx.op("ReduceMean", unnormalised, axes=axes, keepdims=1)
     return [ctx.op("Sub", unnormalised, mean)] + plain[1:]
 
+
+
+# -- RevealCancel ------------------------------------------------------------------------------------------------
+#
+# deeplift_reveal_cancel (Shrikumar et al. 2017, sec. 3.5.3): the rules above, except that a nonlinearity y = f(x)
+# whose input comes straight from a linear op with constant weights (Conv, Gemm, MatMul; BatchNormalization is
+# folded into the Conv first) and feeds nothing else splits Delta x into the positive and negative terms of that
+# op's sum (sec. 3.5.1, by the sign of w_i Delta h_i, bias excluded):
+#     Delta x+ = W+ relu(Delta h) + W- min(Delta h, 0),   Delta x- = W- relu(Delta h) + W+ min(Delta h, 0)
+# and gives each part its own multiplier, the average impact of adding it before and after the other:
+#     Delta y+ = 1/2 (f(x' + Dx+) - f(x')) + 1/2 (f(x) - f(x' + Dx-))      m+ = Delta y+ / Delta x+
+#     Delta y- = 1/2 (f(x' + Dx-) - f(x')) + 1/2 (f(x) - f(x' + Dx+))      m- = Delta y- / Delta x-
+# (the gradient at x where |Delta x+-| < EPS). The linear op then sends m+ back through the weights of the terms
+# it counted as positive and m- through the others (sec. 3.5.1; the deeplift package's SepPosAndNeg mode):
+#     m_h = [Dh > 0] (W+^T m+ + W-^T m-) + [Dh < 0] (W-^T m+ + W+^T m-) + [Dh = 0] W^T (m+ + m-) / 2
+# so that sum_h m_h Delta h = sum (m+ Delta x+ + m- Delta x-) = Delta y: summation-to-delta holds. Anywhere else
+# (a nonlinearity after an Add of two branches, a pooling, another nonlinearity) the rule is Rescale.
+
+REVEAL_CANCEL = "deeplift_reveal_cancel"
+REFERENCE_RULESETS.add(REVEAL_CANCEL)
+RULESET_DOCS[REVEAL_CANCEL] = ("Shrikumar et al. 2017 (DeepLIFT, RevealCancel rule): nonlinearities fed by Conv/Gemm/"
+                               "MatMul give the positive and negative parts of Delta x their own multipliers; "
+                               "otherwise as deeplift")
+LINEAR_PRODUCERS = ("Conv", "Gemm", "MatMul")
+
+for _op, _fn in (("Mul", product), ("MaxPool", max_pool), ("Softmax", softmax)):
+    rule(_op, ruleset=REVEAL_CANCEL)(_fn)
+
+
+def _index(e):
+    """(producer by tensor, consumer count by tensor, graph outputs) of the model being differentiated (cached)."""
+    cached = getattr(e, "_reveal_cancel_index", None)
+    if cached is None:
+        producers, consumers = {}, {}
+        for node in e.model.graph.node:
+            for o in node.output:
+                producers[o] = node
+            for i in node.input:
+                consumers[i] = consumers.get(i, 0) + 1
+        cached = (producers, consumers, {o.name for o in e.model.graph.output})
+        e._reveal_cancel_index = cached
+    return cached
+
+
+def _splits(e) -> dict:
+    """linear node output -> (m+, m-): the two multiplier streams its consumer left for it."""
+    if not hasattr(e, "_reveal_cancel_splits"):
+        e._reveal_cancel_splits = {}
+    return e._reveal_cancel_splits
+
+
+def _linear_producer(ctx, x: str):
+    """The Conv / Gemm / MatMul node computing x from one input that depends on the input and constant weights,
+    when x feeds only this nonlinearity; else None."""
+    producers, consumers, outputs = _index(ctx.e)
+    node = producers.get(x)
+    if node is None or node.op_type not in LINEAR_PRODUCERS or consumers.get(x, 0) != 1 or x in outputs:
+        return None
+    if node.domain not in ("", "ai.onnx") or ctx.ref(node.input[0]) == node.input[0]:
+        return None
+    if ctx.const(node.input[1]) is None or any(ctx.ref(i) != i for i in node.input[1:] if i):
+        return None
+    if node.op_type == "Gemm" and node.attribute and any(a.name == "transA" and a.i for a in node.attribute):
+        return None
+    return node
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+
+
+def _signed_weights(ctx, node):
+    w = ctx.const(node.input[1])
+    return ctx.constant(w * (w > 0), like=node.input[1]), ctx.constant(w * (w < 0), like=node.input[1])
+
+
+def _linear(ctx, node, inp: str, weight: str) -> str:
+    """The linear op of `node` on `inp` with `weight`, bias left out."""
+    attrs = _attrs(node)
+    if node.op_type == "Gemm":
+        attrs.pop("beta", None)
+    return ctx.op(node.op_type, inp, weight, **attrs)
+
+
+def _linear_backward(ctx, node, dy: str, weight: str) -> str:
+    """The plain backward of `node` to its input 0, with `weight` in place of its own."""
+    from onnx import helper
+
+    from ..builder import RuleContext
+
+    twin = helper.make_node(node.op_type, [node.input[0], weight], list(node.output), name=node.name)
+    twin.attribute.extend(node.attribute)
+    sub = RuleContext(ctx.e, twin, [dy], [True, False])
+    return RULES["gradient"][node.op_type](sub)[0]
+
+
+@rule(*RESCALE_OPS, ruleset=REVEAL_CANCEL)
+def reveal_cancel(ctx):
+    x, y = ctx.x(0), ctx.y(0)
+    node = _linear_producer(ctx, x) if ctx.ref(x) != x else None
+    if node is None or (ctx.node.op_type == "Pow" and ctx.ref(ctx.x(1)) != ctx.x(1)):
+        return rescale(ctx)
+    h = node.input[0]
+    dh = _delta(ctx, h)
+    zero = ctx.constant(0.0, like=dh)
+    up, down = ctx.op("Max", dh, zero), ctx.op("Min", dh, zero)
+    w_pos, w_neg = _signed_weights(ctx, node)
+    dx_pos = ctx.op("Add", _linear(ctx, node, up, w_pos), _linear(ctx, node, down, w_neg))
+    dx_neg = ctx.op("Add", _linear(ctx, node, up, w_neg), _linear(ctx, node, down, w_pos))
+    x_ref, y_ref = ctx.ref(x), ctx.ref(y)
+    attrs = _attrs(ctx.node)
+
+    def f(t):  # this nonlinearity at another input
+        return ctx.op(ctx.node.op_type, t, *ctx.node.input[1:], **attrs)
+
+    after_pos, after_neg = f(ctx.op("Add", x_ref, dx_pos)), f(ctx.op("Add", x_ref, dx_neg))
+    half = 0.5
+    dy_pos = ctx.scale(ctx.op("Add", ctx.op("Sub", after_pos, y_ref), ctx.op("Sub", y, after_neg)), half)
+    dy_neg = ctx.scale(ctx.op("Add", ctx.op("Sub", after_neg, y_ref), ctx.op("Sub", y, after_pos)), half)
+    plain = _plain(ctx)[0]
+    streams = [ctx.op("Where", _small(ctx, d), plain, ctx.mul(ctx.dy(), ctx.op("Div", part, d)))
+               for part, d in ((dy_pos, dx_pos), (dy_neg, dx_neg))]
+    _splits(ctx.e)[x] = (streams[0], streams[1], dh, w_pos, w_neg)
+    # what reaches x itself is never read: the linear node below takes the two streams from _splits
+    return [streams[0]] + [None] * (len(ctx.node.input) - 1)
+
+
+@rule(*LINEAR_PRODUCERS, ruleset=REVEAL_CANCEL)
+def linear_split(ctx):
+    split = _splits(ctx.e).get(ctx.y())
+    if split is None:
+        return list(RULES["gradient"][ctx.node.op_type](ctx))
+    m_pos, m_neg, dh, w_pos, w_neg = split
+    node, w = ctx.node, ctx.x(1)
+
+    def back(dy, weight):
+        return _linear_backward(ctx, node, dy, weight)
+
+    dtype = ctx.e.dtypes.get(dh, 1)
+    zero = ctx.constant(0.0, like=dh)
+    positive = ctx.op("Cast", ctx.op("Greater", dh, zero), to=dtype)
+    negative = ctx.op("Cast", ctx.op("Less", dh, zero), to=dtype)
+    unchanged = ctx.op("Cast", ctx.op("Equal", dh, zero), to=dtype)
+    grad = ctx.op("Sum",
+                  ctx.mul(positive, ctx.op("Add", back(m_pos, w_pos), back(m_neg, w_neg))),
+                  ctx.mul(negative, ctx.op("Add", back(m_pos, w_neg), back(m_neg, w_pos))),
+                  ctx.mul(unchanged, back(ctx.scale(ctx.op("Add", m_pos, m_neg), 0.5), w)))
+    return [grad] + [None] * (len(node.input) - 1)
