@@ -529,3 +529,50 @@ def test_reveal_cancel_summation_to_delta(family):
         gap = (model(torch.as_tensor(x)) - model(torch.as_tensor(ref)))[:, 5].numpy()
     assert np.abs(e.attributions.reshape(2, -1).sum(1) - gap).max() <= 1e-4 * max(1.0, np.abs(gap).max())
     assert rel(e.attributions, ex.explain(x, "deeplift", target=5, baseline=ref).attributions) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["deeplift", "deeplift_reveal_cancel"])
+def test_export_method_deeplift(method):
+    """export --method deeplift: image and class in, the map out, with the constant baseline baked in; the same
+    numbers as the Python method."""
+    import onnxruntime as ort
+
+    model, _ = small_net("maxpool")
+    ex = Explainer(to_onnx(model, (1, 3, 12, 12)))
+    exported = ex.export(method=method, normalize=False, baseline=0.25)
+    x, _ = inputs(3, seed=30)
+    sess = ort.InferenceSession(exported.SerializeToString())
+    heat = sess.run(["heatmap"], {"image": x, "class": np.array([1, 2, 0], np.int64)})[0]
+    want = np.concatenate([ex.explain(x[i:i + 1], method, target=t, baseline=0.25).maps for i, t in enumerate([1, 2, 0])])
+    assert rel(heat, want) <= 1e-5
+    with pytest.raises(MethodError, match="one constant baseline"):
+        ex.export(method=method, baseline="blur")
+
+
+def test_cli_explain_compare_listings(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxsal import zoo
+    from onnxsal.cli import main
+
+    runner = CliRunner()
+    photo = str(zoo.example_image("chelsea"))
+    result = runner.invoke(main, ["explain", photo, "--method", "deeplift,deeplift_reveal_cancel", "--baseline", "black",
+                                  "--out", str(tmp_path), "--format", "both"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("0.000 (0.0% of F(x) - F(x'))") == 2, result.output  # summation-to-delta
+    assert (tmp_path / "chelsea_deeplift.npy").exists() and (tmp_path / "chelsea_deeplift_reveal_cancel.png").exists()
+    shap = runner.invoke(main, ["explain", photo, "--method", "gradient_shap", "--samples", "2", "--noise-level", "0.1",
+                                "--baseline", "black+blur", "--out", str(tmp_path)])
+    assert shap.exit_code == 0 and "raise --samples" in shap.output, shap.output
+    grid = tmp_path / "grid.png"
+    compare = runner.invoke(main, ["compare", photo, "--methods", "deeplift,deeplift_shap,gradient_shap", "-o", str(grid)])
+    assert compare.exit_code == 0 and grid.exists(), compare.output
+    bad = runner.invoke(main, ["explain", photo, "--method", "deeplift", "--baseline", "nothing", "--out", str(tmp_path)])
+    assert bad.exit_code == 1 and bad.output.strip().splitlines()[-1].startswith("error: unknown baseline 'nothing'")
+    listed = runner.invoke(main, ["methods"]).output
+    for name, paper in (("deeplift", "Shrikumar"), ("deeplift_reveal_cancel", "RevealCancel"), ("deeplift_shap", "Lundberg"),
+                        ("gradient_shap", "GradientShap")):
+        assert name in listed and paper in listed
+    rules = runner.invoke(main, ["rules"]).output
+    assert "deeplift " in rules and "deeplift_reveal_cancel" in rules

@@ -105,7 +105,7 @@ class DeepLiftShap(_ReferenceMethod):
         if self.options["references"] is not None:
             return len(np.asarray(self.options["references"]).reshape((-1,) + self.ex.graph.input_shape[1:]))
         if spec is None:
-            return 1 + len(self.default_baselines)
+            return 1 + len(self.default_baselines or ())
         return len(spec) if isinstance(spec, (list, tuple)) else 1
 
     def attribute(self, x, seeds, progress=None):
