@@ -25,8 +25,9 @@ References: `baseline` takes the names of Integrated Gradients (black, zeros, gr
 an array shaped like x or one sample, or a list of them (one reference per entry, for each image); `references`
 takes an array (B, ...) of reference samples (e.g. images of a data set) shared by every image. deeplift defaults to
 one reference (black, or zeros without preprocessing) and, given several, returns their average (= deeplift_shap);
-deeplift_shap and gradient_shap default to [black (zeros without preprocessing), blur, uniform]. Pairs (image, reference) and (image, sample) stream through ONNX Runtime in batches of `batch_size`
-with running sums, as Integrated Gradients does.
+deeplift_shap and gradient_shap default to [black (zeros without preprocessing), blur, uniform]. Pairs (image,
+reference) and (image, sample) stream through ONNX Runtime in batches of `batch_size` with running sums, as
+Integrated Gradients does.
 
 Errors: MethodError for references of the wrong shape, for samples < 1, a negative stdev or noise_level, and for
 replayed draws (noise, alphas, choices) of the wrong size or range.
