@@ -178,8 +178,9 @@ def inspect(model, size, input_name, output_name, all_layers, as_json):
                    "normalisation run in the graph (no antialiasing, unlike the Python decoder).")
 @click.option("--layer", "layers", multiple=True, help="Layer to expose with its gradient (tensor or node name, or 'auto'); repeatable.")
 @click.option("--rules", default="gradient", show_default=True,
-              help="Rule set: gradient, guided_backprop, deconvnet, or lrp:<composite or rules>[;epsilon=..;gamma=..;low=..;high=..] "
-                   "(see `onnxsal rules`).")
+              help="Rule set (`onnxsal rules`): gradient, guided_backprop, deconvnet, deeplift, deeplift_reveal_cancel "
+                   "(these two add the input <input>_reference: DeepLIFT's multipliers against it), or "
+                   "lrp:<composite or rules>[;epsilon=..;gamma=..;low=..;high=..].")
 @click.option("--target-kind", type=click.Choice(["logit", "probability", "log_probability"]), default="logit", show_default=True,
               help="Which score the seed weights.")
 @click.option("--no-input-grad", is_flag=True, help="Only layer gradients (stops the backward pass at the layers).")
@@ -321,11 +322,13 @@ def method_flags(fn):
         click.option("--layer", default=None, help="Layer for CAM methods (tensor or node name; default: the zoo's or auto)."),
         click.option("--steps", type=click.IntRange(1), help="integrated_gradients: points on the path (default 50)."),
         click.option("--tolerance", type=Number(0, low_open=True), help="integrated_gradients: refine until |gap| <= tolerance * |F(x) - F(x')|."),
-        click.option("--baseline", help="integrated_gradients reference / occlusion fill: black, zeros, gray, mean, blur, "
-                                        "uniform or a number; join several with + to average."),
+        click.option("--baseline", help="integrated_gradients / deeplift reference, deeplift_shap / gradient_shap references, "
+                                        "occlusion fill: black, zeros, gray, mean, blur, uniform or a number; join several "
+                                        "with + to average."),
         click.option("--samples", type=click.IntRange(1), help="smoothgrad, smoothgrad_sq, vargrad: noisy copies (default 50); "
-                                                               "rise, drise: masks (default 1000)."),
-        click.option("--noise-level", type=Number(0), help="smoothgrad family: noise std as a fraction of the input range (default 0.15)."),
+                                                               "gradient_shap: samples (default 5); rise, drise: masks (default 1000)."),
+        click.option("--noise-level", type=Number(0), help="smoothgrad family: noise std as a fraction of the input range (default 0.15); "
+                                                           "gradient_shap: the same, default no noise."),
         click.option("--base", help="smoothgrad family: the method averaged (default saliency)."),
         click.option("--composite", default=None, help="lrp: the rule per layer by zennit's composite names: epsilon_plus_flat "
                      "(default), epsilon_gamma_box, epsilon_alpha2_beta1, epsilon_plus, epsilon_plus_box, epsilon (see `onnxsal rules`)."),

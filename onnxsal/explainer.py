@@ -109,8 +109,11 @@ class Explainer:
         scores = self.engine.forward(x, self.target_kind)[0]
         return (scores.astype(np.float64) * seeds).reshape(len(x), -1).sum(axis=1)
 
-    def gradients(self, x, seeds, layers: Sequence[str] = (), ruleset: str = "gradient", input_grad: bool = True) -> GradientOutputs:
-        return self.engine.gradients(x, seeds, layers=layers, ruleset=ruleset, target_kind=self.target_kind, input_grad=input_grad)
+    def gradients(self, x, seeds, layers: Sequence[str] = (), ruleset: str = "gradient", input_grad: bool = True,
+                  reference=None) -> GradientOutputs:
+        """One backward pass under `ruleset`; `reference` (shaped like x) for rule sets with a reference pass (deeplift)."""
+        return self.engine.gradients(x, seeds, layers=layers, ruleset=ruleset, target_kind=self.target_kind, input_grad=input_grad,
+                                     reference=reference)
 
     def activations(self, x, tensor: str) -> np.ndarray:
         return self.engine.forward(x, self.target_kind, layers=[tensor])[1][tensor]

@@ -31,7 +31,8 @@ from .errors import MethodError
 IMAGE, CLASS, SCORES, TARGET, HEATMAP, OVERLAY = "image", "class", "scores", "target", "heatmap", "overlay"
 CAM_FAMILY = ("cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_elementwise")
 GRADIENT_FAMILY = ("saliency", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet")
-EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam", "integrated_gradients", "lrp")
+DEEPLIFT_FAMILY = ("deeplift", "deeplift_reveal_cancel")
+EXPORTABLE = CAM_FAMILY + GRADIENT_FAMILY + ("guided_grad_cam", "integrated_gradients", "lrp") + DEEPLIFT_FAMILY
 
 
 def _seed_nodes(score: str, seed: str, class_input: bool, dtype: int = TensorProto.FLOAT,
@@ -65,9 +66,12 @@ def _gradient_part(ex, layers, ruleset, input_grad, prefix=None, input_from=None
     prefixed (a second backward pass in the same file); input_from: the tensor that pass reads instead of the input."""
     from .autodiff.augment import gradient_model
 
+    from .autodiff.augment import reference_input
+
     model, score = gradient_model(ex.graph, list(layers), ruleset, ex.target_kind, input_grad=input_grad)
     inits = {i.name for i in model.graph.initializer}
-    seed = [i.name for i in model.graph.input if i.name not in inits and i.name != ex.graph.input_name][0]
+    seed = [i.name for i in model.graph.input if i.name not in inits
+            and i.name not in (ex.graph.input_name, reference_input(ex.graph))][0]
     if prefix:
         model = onnx.compose.add_prefix(model, prefix)
         # the prefixed model reads the shared input
@@ -146,6 +150,9 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         model, score, seed = _gradient_part(ex, [layer.tensor], "gradient", input_grad=False)
         if method == "guided_grad_cam":
             second, _, seed2 = _gradient_part(ex, [], "guided_backprop", input_grad=True, prefix="guided/")
+    elif method in DEEPLIFT_FAMILY:
+        reference = _constant_baseline(ex, impl.options["baseline"], "DeepLIFT")
+        model, score, seed = _gradient_part(ex, [], impl.ruleset, input_grad=True)
     else:
         model, score, seed = _gradient_part(ex, [], impl.ruleset, input_grad=True)
     g = model.graph
@@ -189,6 +196,14 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         ops.nodes.append(helper.make_node("Tile", ["export/seed/onehot", tile], ["export/ig/seeds"], name="export/ig/seeds"))
         mean_grads = pp.path_integral(ops, f"ig/{x}_grad", weights, shape)
         attributions = ops.mul(mean_grads, ops.sub(x, baseline))  # eq. 1: (x - x') * the integral
+        heat = pp.reduce_channels(ops, attributions, impl.options["reduce"], 3 if layout == "NHWC" else 1)
+    elif method in DEEPLIFT_FAMILY:
+        from .autodiff.augment import reference_input
+
+        # the reference pass reads the constant baseline, broadcast to the batch: x_ref = Expand(baseline, Shape(x))
+        ops.nodes.append(helper.make_node("Expand", [ops.const(reference), ops.node("Shape", [x])], [reference_input(graph)],
+                                          name="export/deeplift/reference"))
+        attributions = ops.mul(ops.sub(x, reference), f"{x}_grad")  # (x - x') * multipliers
         heat = pp.reduce_channels(ops, attributions, impl.options["reduce"], 3 if layout == "NHWC" else 1)
     else:
         attributions = impl.finish(x, f"{x}_grad", ops)
@@ -304,18 +319,21 @@ def _ig_settings(ex, impl):
     opts = impl.options
     if opts["tolerance"] is not None:
         raise MethodError("exported Integrated Gradients use a fixed number of steps; leave out tolerance")
-    spec = opts["baseline"]
+    alphas, weights = quadrature(opts["integration"], int(opts["steps"]))
+    return alphas, weights, _constant_baseline(ex, opts["baseline"], "Integrated Gradients")
+
+
+def _constant_baseline(ex, spec, what: str) -> np.ndarray:
+    """The baseline `spec` as a (1, C, 1, 1) or (1, 1, 1, C) constant (black, gray, zeros, mean or a number)."""
     if isinstance(spec, (list, tuple)) or (spec is not None and not isinstance(spec, (str, int, float))) \
             or spec in ("blur", "uniform"):
-        raise MethodError("exported Integrated Gradients take one constant baseline: black, gray, zeros, mean or a number")
+        raise MethodError(f"exported {what} takes one constant baseline: black, gray, zeros, mean or a number")
     channels = ex.graph.input_shape[3 if ex.graph.layout == "NHWC" else 1]
     probe = np.zeros((1, *ex.graph.input_shape[1:]), np.float32)
     reference = ex.baselines(probe, spec)[0]  # constant per channel for these baselines
     view = (1, 1, 1, channels) if ex.graph.layout == "NHWC" else (1, channels, 1, 1)
     per_channel = reference.reshape(-1, channels) if ex.graph.layout == "NHWC" else reference.reshape(channels, -1).T
-    baseline = np.ascontiguousarray(per_channel[0].reshape(view), np.float32)
-    alphas, weights = quadrature(opts["integration"], int(opts["steps"]))
-    return alphas, weights, baseline
+    return np.ascontiguousarray(per_channel[0].reshape(view), np.float32)
 
 
 INTERPOLATION = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"}

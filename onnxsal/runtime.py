@@ -113,6 +113,7 @@ class GradientOutputs:
     input_grad: np.ndarray | None
     activations: dict = field(default_factory=dict)  # layer -> (N, ...)
     layer_grads: dict = field(default_factory=dict)  # layer -> (N, ...)
+    reference_scores: np.ndarray | None = None  # (N, K...) the score tensor at the reference input (deeplift)
 
 
 def _size_hint(graph: ModelGraph) -> str:
@@ -277,24 +278,38 @@ class Engine:
         return [_as_float32(np.concatenate(p)) for p in parts]
 
     def gradients(self, x: np.ndarray, seed: np.ndarray | None, layers: Sequence[str] = (), ruleset: str = "gradient",
-                  target_kind: str = "logit", input_grad: bool = True) -> GradientOutputs:
+                  target_kind: str = "logit", input_grad: bool = True, reference: np.ndarray | None = None) -> GradientOutputs:
         """Scores, d sum(seed*score)/dx and the layers' activations and gradients, for one batch (chunked as needed).
 
         seed=None explains each sample's top class, chosen inside the graph (no extra forward pass).
+        reference: the reference input, shaped like x, of rule sets with a reference pass (DeepLIFT's multipliers).
         """
+        from .autodiff.augment import reference_input
+        from .autodiff.registry import needs_reference
+
         x = self._check_input(x)
+        if needs_reference(ruleset) != (reference is not None):
+            raise OnnxsalError(f"the {ruleset} rule set {'needs' if reference is None else 'takes no'} reference input")
         runner, score = self.gradient_runner(layers, ruleset, target_kind, input_grad, top=seed is None)
         seed_name = runner.input_names[-1] if seed is not None else None
         names = [score] + ([f"{self.graph.input_name}_grad"] if input_grad else [])
         for layer in layers:
             names += [layer, f"{layer}_grad"]
         per_sample = {} if seed is None else {seed_name: np.asarray(seed, dtype=x.dtype)}
+        if reference is not None:
+            reference = self._check_input(reference)
+            if reference.shape != x.shape:
+                raise InputError(f"the reference input has shape {reference.shape}, the input {x.shape}")
+            per_sample[reference_input(self.graph)] = reference
+            names.append(f"{score}_reference")
         joined = self._run_chunks(runner, names, x, per_sample)
         out = GradientOutputs(scores=joined[0], input_grad=joined[1] if input_grad else None)
         rest = joined[2:] if input_grad else joined[1:]
         for i, layer in enumerate(layers):
             out.activations[layer] = rest[2 * i]
             out.layer_grads[layer] = rest[2 * i + 1]
+        if reference is not None:
+            out.reference_scores = joined[-1]
         return out
 
 

@@ -482,7 +482,10 @@ def _gap_text(explainer, res, k: int, x) -> str:
     rel = abs(float(res.delta[k])) / max(abs(span), 1e-12)
     text = f", completeness gap {float(res.delta[k]):+.3f} ({rel:.1%} of F(x) - F(x'))"
     if rel > 0.05:
-        text += " [large: raise --steps or pass --tolerance 0.01]"
+        hints = {"gradient_shap": "a Monte-Carlo estimate: raise --samples",
+                 "deeplift": "ops without a DeepLIFT rule keep their gradient (`onnxsal rules`)",
+                 "deeplift_shap": "ops without a DeepLIFT rule keep their gradient (`onnxsal rules`)"}
+        text += f" [large: {hints.get(res.method, 'raise --steps or pass --tolerance 0.01')}]"
     return text
 
 

@@ -20,9 +20,15 @@ from onnx import helper
 from ..errors import OnnxsalError
 from ..graph.model import TARGET_KINDS, ModelGraph
 from ..graph.utils import tensor_types
+from . import registry
 from .builder import build_gradient_model
 
 SEED = "seed"
+
+
+def reference_input(graph: ModelGraph) -> str:
+    """The name of the reference input that rule sets with a reference pass (DeepLIFT) add beside the model input."""
+    return f"{graph.input_name}_reference"
 
 
 def _with_score(graph: ModelGraph, target_kind: str) -> tuple[onnx.ModelProto, str]:
@@ -117,7 +123,8 @@ def gradient_model(
     """(augmented model, score tensor name); see the module docstring for its inputs and outputs.
 
     top=True: no seed input; the graph seeds the top-scoring class of each sample itself (one run gives
-    the prediction and its gradients).
+    the prediction and its gradients). A rule set with a reference pass (DeepLIFT) adds the input
+    reference_input(graph), shaped like the model input, before the seed.
     """
     model, score = _with_score(graph, target_kind)
     wrt = ([graph.input_name] if input_grad else []) + [t for t in layers if t != graph.input_name]
@@ -127,4 +134,6 @@ def gradient_model(
         raise OnnxsalError("the in-graph top class needs a class axis; this output has one score per sample")
     rank = len(graph.shapes.get(graph.logits_name) or (None, None))
     seed = _top_seed(model, score, graph.class_axis, rank) if top else None
-    return build_gradient_model(model, score, wrt, ruleset=ruleset, seed_name=SEED, seed_tensor=seed), score
+    reference = {graph.input_name: reference_input(graph)} if registry.needs_reference(ruleset) else None
+    return build_gradient_model(model, score, wrt, ruleset=ruleset, seed_name=SEED, seed_tensor=seed,
+                                reference=reference), score

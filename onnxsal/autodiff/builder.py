@@ -52,6 +52,10 @@ class Emitter:
         self._shape_cache: dict[str, str] = {}
         self._taken = {n for node in model.graph.node for n in list(node.input) + list(node.output)}
         self._taken |= {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+        # rule sets that need a reference forward pass (DeepLIFT): tensor -> its value at the reference input,
+        # and forward node (by its first output) -> its copy in the reference pass; see reference_pass()
+        self.refs: dict[str, str] = {}
+        self.ref_nodes: dict[str, onnx.NodeProto] = {}
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -214,6 +218,22 @@ class RuleContext:
 
     def shape_of(self, name: str) -> str:
         return self.e.shape_of(name)
+
+    def ref(self, name: str) -> str:
+        """The value of tensor `name` in the reference forward pass (rule sets that need one, e.g. DeepLIFT's
+        Delta y = y - y_ref); a tensor that does not depend on the input (a weight, a shape) is its own reference."""
+        return self.e.refs.get(name, name) if name else name
+
+    def ref_output(self, i: int) -> str:
+        """forward_output(i) of this node's copy in the reference pass (e.g. MaxPool's Indices at the reference)."""
+        twin = self.e.ref_nodes.get(self.node.output[0])
+        if twin is None:
+            raise InternalRuleError(f"asked for the reference pass of a {self.node.op_type} node that has none")
+        while len(twin.output) <= i:
+            twin.output.append("")
+        if not twin.output[i]:
+            twin.output[i] = self.e.fresh(f"{self.node.op_type}_ref_out{i}")
+        return twin.output[i]
 
     def forward_output(self, i: int) -> str:
         """Name of optional output i of the forward node, adding it when the model did not ask for it."""
@@ -410,6 +430,39 @@ BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Mean", 
                               "PRelu", "Gemm"})
 
 
+def reference_pass(emitter: Emitter, nodes, inputs: dict[str, str]) -> None:
+    """A second copy of every forward node that depends on `inputs` (graph input -> reference input name), reading
+    the references instead: the reference forward pass of DeepLIFT (Shrikumar et al. 2017, sec. 2: the activation
+    of every neuron at the reference input). Fills emitter.refs (tensor -> reference tensor) and emitter.ref_nodes;
+    the copies are emitted before any backward node. Nodes that do not depend on the input are shared."""
+    refs = emitter.refs
+    refs.update(inputs)
+    for name, ref in inputs.items():
+        emitter.dtypes[ref], emitter.shapes[ref] = emitter.dtypes.get(name), emitter.shapes.get(name)
+    for node in nodes:
+        if not any(i in refs for i in node.input):
+            continue
+        twin = copy.deepcopy(node)
+        twin.input[:] = [refs.get(i, i) for i in node.input]
+        outputs = []
+        for o in node.output:
+            if not o:
+                outputs.append("")
+                continue
+            r = emitter.fresh(f"ref/{o.split('/')[-1] or 'tensor'}")
+            refs[o] = r
+            if o in emitter.dtypes:
+                emitter.dtypes[r] = emitter.dtypes[o]
+            if o in emitter.shapes:
+                emitter.shapes[r] = emitter.shapes[o]
+            outputs.append(r)
+        twin.output[:] = outputs
+        twin.name = emitter.fresh("ref/" + (node.name or node.op_type).split("/")[-1])
+        emitter.nodes.append(twin)
+        if node.output:
+            emitter.ref_nodes[node.output[0]] = twin
+
+
 def _differentiate(emitter: Emitter, nodes, output: str, wrt: Sequence[str], ruleset: str, seed_name: str,
                    errors: list | None = None) -> dict[str, list[str]]:
     """Emit the backward nodes; returns the gradient parts of every tensor reached, by tensor name.
@@ -483,12 +536,16 @@ def build_gradient_model(
     seed_name: str = "seed",
     expose: Sequence[str] = (),
     seed_tensor: str | None = None,
+    reference: dict[str, str] | None = None,
 ) -> onnx.ModelProto:
     """The model plus input `seed` and outputs `<t>_grad` = d sum(seed * output) / d t for t in wrt.
 
     `expose` names extra intermediate tensors to return as outputs (e.g. activations without gradient);
     `seed_tensor` names a tensor of the graph to use as the seed instead of a new input (treated as a
     constant: no gradient flows through it).
+    `reference` ({graph input: name of a new input}) adds those inputs and a reference forward pass reading them
+    (reference_pass), and the output `<output>_reference` (the output at the reference); rule sets that need
+    one (registry.needs_reference) require it.
     """
     registry.get(ruleset)  # an unknown rule set: one line naming the known ones
     model = copy.deepcopy(model)
@@ -512,6 +569,18 @@ def build_gradient_model(
             f"no backward rule for {', '.join(ops)} (first at {missing[0][1]}); "
             f"supported ops: {', '.join(registry.get(ruleset).supported_ops())}"
         )
+
+    if registry.needs_reference(ruleset) and not reference:
+        raise UnsupportedOpError(f"the {ruleset} rule set needs a reference input (build_gradient_model(reference=...))")
+    if reference:
+        inputs = {i.name: i for i in graph.input}
+        for name, ref in reference.items():
+            if name not in inputs or ref in dtypes:
+                raise LayerError(f"cannot add reference input {ref!r} for {name!r}: not a graph input, or the name is taken")
+            twin = copy.deepcopy(inputs[name])
+            twin.name = ref
+            graph.input.append(twin)
+        reference_pass(emitter, nodes, dict(reference))
 
     if seed_tensor is not None:
         seed_name = seed_tensor
@@ -543,6 +612,10 @@ def build_gradient_model(
         emitter.nodes.append(helper.make_node("Identity", [g], [grad_name], name=f"{emitter.prefix}/{grad_name}"))
         new_outputs.append(value_info(grad_name, t))
 
+    if reference:  # the score at the reference, for the summation-to-delta gap: <output>_reference
+        ref_score = f"{output}_reference"
+        emitter.nodes.append(helper.make_node("Identity", [emitter.refs[output]], [ref_score], name=f"{emitter.prefix}/{ref_score}"))
+        new_outputs.append(value_info(ref_score, output))
     if seed_tensor is None:
         graph.input.append(value_info(seed_name, output))
         del dtypes[seed_name]

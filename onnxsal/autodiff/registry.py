@@ -84,6 +84,13 @@ class RuleSet:
 # parametrised families: prefix -> (factory(name) -> RuleSet, description, citation, names to list)
 FAMILIES: dict[str, tuple[Callable[[str], RuleSet], str, str, tuple[str, ...]]] = {}
 _BUILT: dict[str, RuleSet] = {}
+# rule sets whose rules read a reference forward pass (RuleContext.ref): the augmented graph gets a reference input
+REFERENCE_RULESETS: set[str] = set()
+
+
+def needs_reference(ruleset: str) -> bool:
+    _load()
+    return ruleset in REFERENCE_RULESETS
 
 
 def rule(*op_types: str, ruleset: str = "gradient"):
@@ -163,4 +170,4 @@ def _load() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from .rules import activation, elementwise, lrp, modified_relu, nn, reduce, shape  # noqa: F401  (registers rules)
+        from .rules import activation, deeplift, elementwise, lrp, modified_relu, nn, reduce, shape  # noqa: F401  (registers rules)

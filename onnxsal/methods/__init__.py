@@ -4,7 +4,7 @@ import sys
 import types
 
 from .base import METHODS, Attribution, Explanation, Method, reduce_channels
-from . import cam, cam_more, gradient, integrated_gradients, lrp, occlusion, path_more, rise, smoothgrad, surrogate  # noqa: F401  (registers methods)
+from . import cam, cam_more, deeplift, gradient, integrated_gradients, lrp, occlusion, path_more, rise, smoothgrad, surrogate  # noqa: F401  (registers methods)
 
 
 def methods() -> dict[str, str]:
