@@ -20,6 +20,7 @@ DEFAULTS: dict[str, dict] = {
     "deletion": {"steps": 50, "fill": "zeros", "score": "probability", "blur_sigma": 5.0},
     "insertion": {"steps": 50, "fill": "blur", "score": "probability", "blur_sigma": 5.0},
     "pixel_flipping": {"steps": 50, "fill": "zeros", "score": "probability", "blur_sigma": 5.0},
+    "road": {"percentages": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "noise": 0.01, "score": "probability", "seed": 0},
     "pointing_game": {"tolerance": 15.0},
     "energy_pointing_game": {},
     "infidelity": {"samples": 10, "noise": 0.1, "normalize": True, "seed": 0},
@@ -34,7 +35,7 @@ DEFAULT_METRICS = ("deletion", "insertion", "pixel_flipping", "sparseness", "ent
 LOCALISATION = ("pointing_game", "energy_pointing_game")
 # the figure shown in tables, and whether higher is better
 HEADLINE = {
-    "deletion": ("auc", False), "insertion": ("auc", True), "pixel_flipping": ("abpc", True),
+    "deletion": ("auc", False), "insertion": ("auc", True), "pixel_flipping": ("abpc", True), "road": ("gap", True),
     "pointing_game": ("hit", True), "energy_pointing_game": ("proportion", True),
     "infidelity": ("infidelity", False), "sensitivity_max": ("sensitivity", False),
     "sparseness": ("gini", True), "entropy": ("entropy", False), "randomisation": ("spearman_abs", False),
@@ -43,6 +44,7 @@ HEADLINE = {
 REFERENCES = {
     "deletion": "Petsiuk et al. 2018 (RISE), sec. 4.1", "insertion": "Petsiuk et al. 2018 (RISE), sec. 4.1",
     "pixel_flipping": "Bach et al. 2015; Samek et al. 2017 (MoRF / LeRF)",
+    "road": "Rong et al. 2022 (ROAD), sec. 4 (noisy linear imputation, MoRF / LeRF)",
     "pointing_game": "Zhang et al. 2018 (excitation backprop), sec. 5.1",
     "energy_pointing_game": "Wang et al. 2020 (Score-CAM), sec. 5.2",
     "infidelity": "Yeh et al. 2019, eq. 1", "sensitivity_max": "Yeh et al. 2019, def. 3.1",
@@ -146,6 +148,10 @@ def _checked(metric: str, key: str, value):
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             bad("a finite number or a list of them (one per channel)")
+    elif key == "percentages":
+        if not (isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          and 0 <= v < 1 for v in value)):
+            bad("a list of fractions in [0, 1)")
     elif key == "normalize":
         if not isinstance(value, bool):
             bad("true or false")
@@ -168,7 +174,7 @@ def parse_metrics(values, boxes: bool = False) -> list[str]:
             if not name:
                 continue
             group = {"all": METRICS, "default": DEFAULT_METRICS + (LOCALISATION if boxes else ()),
-                     "faithfulness": ("deletion", "insertion", "pixel_flipping"), "localisation": LOCALISATION,
+                     "faithfulness": ("deletion", "insertion", "pixel_flipping", "road"), "localisation": LOCALISATION,
                      "complexity": ("sparseness", "entropy"), "robustness": ("infidelity", "sensitivity_max"),
                      "sanity": ("randomisation", "input_invariance")}.get(name)
             if group is None and name not in METRICS:
@@ -246,6 +252,14 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
                 for i in range(n):
                     a, b = faithfulness.auc(morf[i]), faithfulness.auc(lerf[i])
                     record(i, m, metric, {"morf_auc": a, "lerf_auc": b, "abpc": b - a}, curves={"morf": morf[i], "lerf": lerf[i]})
+            elif metric == "road":
+                from . import road
+
+                found = road.curves(runner, x, classes, maps, percentages=s["percentages"], noise=float(s["noise"]),
+                                    score=s["score"], seed=int(s["seed"]))
+                for i in range(n):
+                    record(i, m, metric, road.figures(found["morf"][i], found["lerf"][i]),
+                           curves={"percentages": list(s["percentages"]), "morf": found["morf"][i], "lerf": found["lerf"][i]})
             elif metric in LOCALISATION:
                 for i in range(n):
                     chosen, which = _boxes(boxes[i], int(classes[i]))

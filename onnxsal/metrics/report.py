@@ -131,6 +131,13 @@ def curve_plot(evaluation, image):
         fill = rows[0]["settings"].get("fill")
         panels.append({"title": f"{name} (fill {fill})", "xlabel": "fraction of pixels perturbed", "ylabel": ylabel,
                        "series": series})
+    for key, name in (("morf", "ROAD MoRF"), ("lerf", "ROAD LeRF")):
+        rows = [r for r in evaluation.records if r["image"] == image and r["metric"] == "road"]
+        if rows:
+            series = [(r["method"], np.asarray(r["curves"]["percentages"], float), np.asarray(r["curves"][key], float))
+                      for r in rows]
+            panels.append({"title": f"{name} (noisy linear imputation)", "xlabel": "fraction of pixels removed",
+                           "ylabel": rows[0]["settings"].get("score", "score"), "series": series})
     if not panels:
         return None
     cls = next(r["class"] for r in evaluation.records if r["image"] == image)
