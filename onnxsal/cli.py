@@ -604,7 +604,10 @@ def batch(inputs, model, methods, target, region, region_mean, box, decoder, sco
                    "infidelity, sensitivity_max, sparseness, entropy, randomisation; or default, all, faithfulness, "
                    "localisation, robustness, complexity (default: faithfulness and complexity, plus localisation with --boxes).")
 @click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False),
-              help='Object boxes per image (JSON: {"images": {name: {"objects": [{"box": [x0,y0,x1,y1], "imagenet": [...]}]}}}, photo pixels).')
+              help='Object boxes per image, photo pixels: JSON ({"images": {name: {"objects": [{"box": [x0,y0,x1,y1], '
+                   '"imagenet": [...]}]}}}) or CSV (header image,x0,y0,x1,y1[,label][,imagenet]).')
+@click.option("--masks", "masks_dir", type=click.Path(file_okay=False),
+              help="Folder of object masks (nonzero = object), one per image: <stem>.png or <stem>_mask.png, photo size.")
 @click.option("--set", "assignments", multiple=True, metavar="NAME.KEY=VALUE",
               help="A metric setting or method option, e.g. deletion.steps=20, insertion.fill=zeros, randomisation.layers=all, "
                    "integrated_gradients.steps=16; repeatable.")
@@ -616,7 +619,7 @@ def batch(inputs, model, methods, target, region, region_mean, box, decoder, sco
 @click.option("--out", "out_dir", default="onnxsal-eval", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
 @preprocessing_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def evaluate(images, model, methods, metrics, boxes_file, assignments, target, layer, batch_size, target_kind, out_dir,
+def evaluate(images, model, methods, metrics, boxes_file, masks_dir, assignments, target, layer, batch_size, target_kind, out_dir,
              size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, input_name, output_name,
              quiet):
     """Evaluate methods' maps of IMAGES: faithfulness, sanity checks, localisation, robustness, complexity.
@@ -633,14 +636,15 @@ def evaluate(images, model, methods, metrics, boxes_file, assignments, target, l
 
     if not images and model is None:
         images = (str(zoo.example_image("chelsea")), str(zoo.example_image("coffee")))
-        boxes_file = boxes_file or str(zoo.example_image("chelsea").parent / "boxes.json")
+        if masks_dir is None:
+            boxes_file = boxes_file or str(zoo.example_image("chelsea").parent / "boxes.json")
     if not images:
         raise click.UsageError("give at least one image (file or directory)")
     files = image_files(images)
     chosen = parse_methods(methods or ["grad_cam"])
     if any("all" in m.split(",") for m in methods) and "drise" in chosen:
         chosen.remove("drise")  # 'all' means the methods for this model: D-RISE explains detectors only
-    wanted = parse_metrics(list(metrics) or ["default"], boxes=boxes_file is not None)
+    wanted = parse_metrics(list(metrics) or ["default"], boxes=boxes_file is not None or masks_dir is not None)
     settings, options = parse_assignments(assignments)
     setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
                    input_name, output_name)
@@ -650,7 +654,8 @@ def evaluate(images, model, methods, metrics, boxes_file, assignments, target, l
     if not quiet:
         click.echo(f"evaluating {', '.join(chosen)} with {', '.join(wanted)} on {len(files)} image(s); {ex.describe()}")
     report = (lambda line: None) if quiet else click.echo
-    result, written = evaluate_files(ex, files, chosen, wanted, boxes_file=boxes_file, settings=settings, options=options,
+    result, written = evaluate_files(ex, files, chosen, wanted, boxes_file=boxes_file, masks_dir=masks_dir,
+                                     settings=settings, options=options,
                                      target=goal, out=Path(out_dir), report=report, batch_size=batch_size,
                                      model=setup.source)
     if not quiet:

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 import onnxsal
 from onnxsal.metrics import road
 from onnxsal.metrics.runner import Runner
+from test_metrics_cli import work  # noqa: F401  (the fixture: a tiny Conv model with a sidecar and two photos)
 
 
 def linear_model(weights: np.ndarray, bias: np.ndarray, shape) -> onnx.ModelProto:
@@ -146,3 +147,145 @@ def test_road_setting_refusals():
     x = np.ones((1, 1, 2, 2), np.float32)
     with pytest.raises(onnxsal.errors.MethodError, match="percentages must be a list of fractions"):
         onnxsal.evaluate(ex, x, "saliency", metrics=["road"], settings={"road": {"percentages": [0.5, 1.0]}})
+
+
+# -- localisation: masks and CSV boxes -----------------------------------------------------------------------
+
+def test_mask_pointing_games_hand_cases():
+    from onnxsal.metrics import localisation
+
+    m = np.zeros((10, 10))
+    m[2, 3] = 5.0
+    m[8, 8] = 1.0
+    m[0, 0] = -4.0
+    mask = np.zeros((10, 10), bool)
+    mask[6:9, 6:9] = True  # nearest mask pixel to the maximum (2, 3): (6, 6), distance 5
+    assert localisation.mask_pointing_game(m, mask, tolerance=0) == 0.0
+    assert localisation.mask_pointing_game(m, mask, tolerance=4.99) == 0.0
+    assert localisation.mask_pointing_game(m, mask, tolerance=5) == 1.0
+    mask[2, 3] = True
+    assert localisation.mask_pointing_game(m, mask, tolerance=0) == 1.0
+    assert localisation.mask_energy_pointing_game(m, mask) == pytest.approx(1.0)  # 5 + 1 of 6 inside
+    mask[2, 3] = False
+    assert localisation.mask_energy_pointing_game(m, mask) == pytest.approx(1 / 6)
+    assert localisation.mask_pointing_game(m, np.zeros((10, 10), bool), tolerance=100) == 0.0
+
+
+def test_box_mask_equals_box_metrics():
+    """A mask drawn from a box gives the same energy figure as the box itself."""
+    from onnxsal.metrics import localisation
+
+    rng = np.random.default_rng(8)
+    m = rng.standard_normal((12, 16))
+    box = (3, 2, 11, 9)
+    mask = localisation.box_mask([box], m.shape)
+    assert mask.sum() == 8 * 7
+    assert localisation.mask_energy_pointing_game(m, mask) == pytest.approx(localisation.energy_pointing_game(m, [box]))
+
+
+def test_read_boxes_csv(tmp_path):
+    from onnxsal.metrics.localisation import read_boxes
+
+    path = tmp_path / "boxes.csv"
+    path.write_text("image,label,x0,y0,x1,y1,imagenet\nchelsea,cat,0,0,395,300,281 282;285\n"
+                    "coffee,cup,172,18,412,305,967\ncoffee,saucer,100,200,500,390,\n")
+    got = read_boxes(path)
+    assert got == {"chelsea": [{"label": "cat", "box": [0.0, 0.0, 395.0, 300.0], "imagenet": [281, 282, 285]}],
+                   "coffee": [{"label": "cup", "box": [172.0, 18.0, 412.0, 305.0], "imagenet": [967]},
+                              {"label": "saucer", "box": [100.0, 200.0, 500.0, 390.0], "imagenet": []}]}
+    # the JSON shipped with the photos reads to the same boxes as its CSV twin
+    from onnxsal import zoo
+
+    shipped = read_boxes(zoo.example_image("chelsea").parent / "boxes.json")
+    assert shipped["chelsea"][0]["box"] == [0.0, 0.0, 395.0, 300.0]
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("image,x0,y0,x1\na,0,0,1\n", "lacks y1"),
+    ("image,x0,y0,x1,y1\na,5,0,1,1\n", "line 2: box"),
+    ("image,x0,y0,x1,y1\na,0,0,one,1\n", "line 2"),
+    ("image,x0,y0,x1,y1\n", "no rows"),
+])
+def test_read_boxes_csv_refusals(tmp_path, text, pattern):
+    from onnxsal.errors import InputError
+    from onnxsal.metrics.localisation import read_boxes
+
+    path = tmp_path / "b.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=pattern):
+        read_boxes(path)
+
+
+def test_mask_follows_the_crop():
+    """A mask drawn as the coffee box, through MobileNetV2's resize 256 / crop 224, covers the mapped box."""
+    from PIL import Image
+
+    from onnxsal import zoo
+    from onnxsal.metrics import localisation
+    from onnxsal.preprocess import Preprocessing
+
+    prep = Preprocessing.from_dict(zoo.entry("mobilenet_v2")["preprocessing"])
+    photo = np.zeros((400, 600), np.uint8)
+    photo[18:305, 172:412] = 1  # nonzero = object (not only 255)
+    mask = localisation.input_mask(Image.fromarray(photo), prep)
+    # crop x 125..475, y 25..375, scale 0.64: box -> x 30.1..184.3, y -4.5..179.2
+    want = localisation.box_mask([((172 - 125) * 0.64, (18 - 25) * 0.64, (412 - 125) * 0.64, (305 - 25) * 0.64)], (224, 224))
+    assert mask.shape == (224, 224)
+    assert (mask != want).sum() <= 2 * (224 + 224)  # at most a pixel's border differs (resampling)
+    assert mask[100, 100] and not mask[100, 10] and not mask[200, 100]
+
+
+def test_evaluate_with_masks_and_csv(work):
+    from PIL import Image
+    from test_metrics_cli import cli
+
+    (work / "masks").mkdir()
+    a = np.zeros((30, 40), np.uint8)
+    a[:, 5:20] = 255  # the left half of a's crop (x 5..35 of the photo -> input x 0..12)
+    Image.fromarray(a).save(work / "masks" / "a_mask.png")
+    Image.fromarray(np.full((30, 30), 255, np.uint8)).save(work / "masks" / "b.png")
+    result = cli("evaluate", "a.png", "b.png", "--model", "tiny.onnx", "--method", "saliency", "--metrics", "localisation",
+                 "--masks", "masks", "--out", "ev", "-q")
+    assert result.exit_code == 0, result.output
+    import json
+
+    records = json.loads((work / "ev" / "evaluation.json").read_text())["records"]
+    by = {(r["image"], r["metric"]): r for r in records}
+    assert by[("a", "pointing_game")]["mask_pixels"] == 12 * 24
+    assert by[("b", "energy_pointing_game")]["figures"]["proportion"] == pytest.approx(1.0)
+    # the energy figure of a equals the positive mass of its saliency map in the left 12 columns
+    import onnxsal as o
+    from onnxsal.preprocess import Preprocessing, load_image
+
+    ex = o.Explainer(str(work / "tiny.onnx"), preprocessing=Preprocessing.from_file(work / "tiny.preprocess.json"))
+    x = ex.preprocessing.batch([load_image(work / "a.png")])
+    m = np.maximum(ex.explain(x, "saliency", target=by[("a", "pointing_game")]["class"]).maps[0].astype(np.float64), 0)
+    assert by[("a", "energy_pointing_game")]["figures"]["proportion"] == pytest.approx(m[:, :12].sum() / m.sum(), rel=1e-5)
+    # CSV boxes
+    (work / "boxes.csv").write_text("image,x0,y0,x1,y1\na,5,0,17,30\nb,0,0,15,15\n")
+    result = cli("evaluate", "a.png", "b.png", "--model", "tiny.onnx", "--method", "saliency", "--metrics",
+                 "energy_pointing_game", "--boxes", "boxes.csv", "--out", "ev2", "-q")
+    assert result.exit_code == 0, result.output
+    records = json.loads((work / "ev2" / "evaluation.json").read_text())["records"]
+    (ra,) = [r for r in records if r["image"] == "a"]
+    np.testing.assert_allclose(ra["boxes"], [[0.0, 0.0, 9.6, 24.0]], rtol=1e-9)  # (17 - 5) * 24 / 30
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--masks", "nomasks"], "not a directory"),
+    (["--masks", "emptymasks"], "has no mask for a.png"),
+    (["--masks", "smallmasks"], "mask a.png is 5x5, the photo a.png is 40x30"),
+    (["--masks", "emptymasks", "--boxes", "boxes.json"], "not both"),
+    (["--boxes", "bad.csv"], "not a boxes CSV"),
+])
+def test_evaluate_mask_refusals(work, args, pattern):
+    from PIL import Image
+    from test_metrics_cli import cli, refused
+
+    (work / "emptymasks").mkdir()
+    (work / "smallmasks").mkdir()
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(work / "smallmasks" / "a.png")
+    (work / "bad.csv").write_text("image,x0\na,1\n")
+    refused(cli("evaluate", "a.png", "--model", "tiny.onnx", "--metrics", "localisation", "--out", "ev", "-q", *args),
+            pattern)
+    assert not (work / "ev" / "evaluation.json").exists()

@@ -183,14 +183,15 @@ def parse_metrics(values, boxes: bool = False) -> list[str]:
             for n in group or (name,):
                 if n in LOCALISATION and not boxes:
                     if group is None:
-                        raise MethodError(f"{n} needs object boxes (--boxes FILE, or boxes= in Python)")
+                        raise MethodError(f"{n} needs object boxes or masks (--boxes FILE or --masks DIR; boxes= or "
+                                          "masks= in Python)")
                     continue
                 if n not in names:
                     names.append(n)
     return names
 
 
-def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, boxes=None, model=None,
+def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, boxes=None, masks=None, model=None,
              options: dict | None = None, settings: dict | None = None, names=None, batch_size: int | None = None,
              progress=None) -> Evaluation:
     """Evaluate the maps of `method` (a name or a list) on the batch x.
@@ -199,6 +200,7 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
         metric, perturbed input and randomised model.
     boxes: per image, a list of (x0, y0, x1, y1) boxes in model-input pixels, or of objects {"box": ..., "imagenet":
         [classes]} of which those naming the explained class are used (localisation metrics).
+    masks: instead of boxes, per image an (H, W) object mask in model-input pixels (nonzero = object).
     model: the original model (path, bytes, ModelProto) for the randomisation test; a zoo explainer finds its own.
     options: {method: {option: value}} passed to each method; settings: {metric: {setting: value}} (see DEFAULTS).
     names: one name per image for the records (default 0, 1, ...).
@@ -208,7 +210,10 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
     from ..targets import as_target
 
     methods = [method] if isinstance(method, str) else list(method)
-    metrics = parse_metrics([metrics] if isinstance(metrics, str) else list(metrics), boxes=boxes is not None)
+    if boxes is not None and masks is not None:
+        raise MethodError("give boxes or masks for the localisation metrics, not both")
+    metrics = parse_metrics([metrics] if isinstance(metrics, str) else list(metrics),
+                            boxes=boxes is not None or masks is not None)
     x = explainer._batch(x)
     n = len(x)
     names = list(names) if names is not None else list(range(n))
@@ -216,6 +221,10 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
         raise MethodError(f"{len(names)} names for {n} images")
     if boxes is not None and len(boxes) != n:
         raise MethodError(f"boxes are given for {len(boxes)} images, x holds {n}")
+    if masks is not None:
+        masks = [np.asarray(mk) != 0 for mk in masks]
+        if len(masks) != n:
+            raise MethodError(f"masks are given for {len(masks)} images, x holds {n}")
     for m in settings or {}:
         if m not in DEFAULTS:
             raise MethodError(f"settings for unknown metric {m!r}")
@@ -260,6 +269,15 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
                 for i in range(n):
                     record(i, m, metric, road.figures(found["morf"][i], found["lerf"][i]),
                            curves={"percentages": list(s["percentages"]), "morf": found["morf"][i], "lerf": found["lerf"][i]})
+            elif metric in LOCALISATION and masks is not None:
+                for i in range(n):
+                    if masks[i].shape != maps[i].shape:
+                        raise MethodError(f"mask {i} is {masks[i].shape}, the maps are {maps[i].shape}")
+                    if metric == "pointing_game":
+                        figures = {"hit": localisation.mask_pointing_game(maps[i], masks[i], s["tolerance"])}
+                    else:
+                        figures = {"proportion": localisation.mask_energy_pointing_game(maps[i], masks[i])}
+                    record(i, m, metric, figures, mask_pixels=int(masks[i].sum()))
             elif metric in LOCALISATION:
                 for i in range(n):
                     chosen, which = _boxes(boxes[i], int(classes[i]))
