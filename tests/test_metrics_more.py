@@ -289,3 +289,122 @@ def test_evaluate_mask_refusals(work, args, pattern):
     refused(cli("evaluate", "a.png", "--model", "tiny.onnx", "--metrics", "localisation", "--out", "ev", "-q", *args),
             pattern)
     assert not (work / "ev" / "evaluation.json").exists()
+
+
+# -- robustness: PGD keeping the class, random sign perturbation, top-k intersection -------------------------
+
+def test_topk_intersection_hand_cases():
+    from onnxsal.metrics.robustness import topk_intersection
+
+    a = np.array([[9, 8, 7, 6], [5, 4, 3, 2]], float)
+    b = np.array([[9, 1, 7, 0], [8, 4, 3, 2]], float)
+    # k = 2 (0.25 of 8): a's top {0, 1}, b's top {0, 4}: 1 of 2
+    assert topk_intersection(a, b, 0.25) == pytest.approx(0.5)
+    assert topk_intersection(a, b, 0.2) == pytest.approx(0.5)  # k = round(1.6) = 2, not floor
+    # k = 4: a {0,1,2,3}, b {0,4,2,5}: {0, 2}
+    assert topk_intersection(a, b, 0.5) == pytest.approx(0.5)
+    assert topk_intersection(a, a, 0.1) == 1.0  # k = max(1, round(0.8)) = 1
+    assert topk_intersection(a, -a, 0.25) == 0.0
+
+
+def _pgd_oracle(weights, bias, x, cls, eps, steps):
+    """Closed form for a linear model: the gradient of class cls is weights[cls] everywhere, so step t proposes
+    clip(x_{t-1} - a sign(w), x - eps, x + eps); stop before the first proposal whose top class changes."""
+    a = 2.5 * eps / steps
+    w = weights[cls].reshape(x.shape)
+    top = np.argmax(weights @ x.ravel() + bias)
+    cur, taken = x.astype(np.float64), 0
+    for _ in range(steps):
+        prop = np.clip(cur - a * np.sign(w), x - eps, x + eps)
+        if np.argmax(weights @ prop.ravel() + bias) != top:
+            break
+        cur, taken = prop, taken + 1
+    return cur, taken
+
+
+def _ranked_topk(a, b, fraction):
+    k = max(1, int(round(fraction * a.size)))
+    ka = set(np.argsort(a.ravel())[::-1][:k].tolist())
+    kb = set(np.argsort(b.ravel())[::-1][:k].tolist())
+    return len(ka & kb) / k
+
+
+def test_adversarial_closed_form_linear():
+    from onnxsal.metrics import robustness
+
+    rng = np.random.default_rng(11)
+    c, h, w, k = 2, 5, 5, 3
+    weights = rng.standard_normal((k, c * h * w))
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    x[0] *= 20  # margins far beyond what eps can move
+    logits = x.reshape(2, -1).astype(np.float64) @ weights.T
+    classes = logits.argmax(axis=1)
+    # image 0 keeps its class all the way; image 1's margin to its runner-up is 1.5 steps' worth of the margin's
+    # fall (before any clipping: a step moves every coordinate by a = 2.5 eps / steps < eps), so the attack stops early
+    eps, steps = 0.2, 8
+    a = 2.5 * eps / steps
+    second = np.argsort(logits[1])[-2]
+    fall = a * (np.abs(weights[classes[1]]).sum() - weights[second] @ np.sign(weights[classes[1]]))
+    bias = np.zeros(k)
+    bias[second] = logits[1, classes[1]] - logits[1, second] - 1.5 * fall
+    ex = onnxsal.Explainer(linear_model(weights.astype(np.float32), bias.astype(np.float32), (c, h, w)), batch_size=2)
+    x_adv, taken = robustness.pgd_keep_class(Runner(ex, "gradient_x_input"), x, classes, eps, steps)
+    wants = [_pgd_oracle(weights, bias, x[i], classes[i], eps, steps) for i in range(2)]
+    for i in range(2):
+        np.testing.assert_allclose(x_adv[i], wants[i][0], rtol=1e-5, atol=1e-6)
+        assert taken[i] == wants[i][1]
+    assert taken[0] == steps and 1 <= taken[1] < steps  # both branches exercised, a partial attack included
+    # through onnxsal.evaluate: gradient x input maps at x and at the oracle's x_adv, compared by the test
+    ev = onnxsal.evaluate(ex, x, "gradient_x_input", metrics=["adversarial"],
+                          settings={"adversarial": {"epsilon": eps, "steps": steps, "topk": 0.2}})
+    for i, rec in enumerate(ev.records):
+        before = ex.explain(x[i:i + 1], "gradient_x_input", target=int(classes[i])).maps[0]
+        after = ex.explain(wants[i][0].astype(np.float32)[None], "gradient_x_input", target=int(classes[i])).maps[0]
+        assert rec["figures"]["topk_intersection"] == pytest.approx(_ranked_topk(before, after, 0.2))
+        assert rec["figures"]["linf"] == pytest.approx(np.abs(wants[i][0] - x[i]).max(), rel=1e-5)
+        drop = weights[classes[i]] @ (x[i].ravel() - wants[i][0].ravel())
+        assert rec["figures"]["logit_drop"] == pytest.approx(drop, rel=1e-4)
+        assert rec["figures"]["steps_taken"] == wants[i][1]
+
+
+def test_random_perturbation_closed_form_linear():
+    from onnxsal.metrics import robustness
+
+    rng = np.random.default_rng(12)
+    c, h, w, k = 1, 6, 6, 3
+    weights = rng.standard_normal((k, c * h * w))
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    logits = weights @ x.ravel()
+    order = np.argsort(logits)
+    bias = np.zeros(k)
+    bias[order[-2]] = logits[order[-1]] - logits[order[-2]] - 0.1  # a small margin: some draws change the class
+    ex = onnxsal.Explainer(linear_model(weights.astype(np.float32), bias.astype(np.float32), (c, h, w)))
+    cls = int(np.argmax(weights @ x.ravel() + bias))
+    perts = robustness.random_sign_perturbations(x, 8, 0.5, seed=3)
+    assert set(np.unique(perts).tolist()) == {-0.5, 0.5}
+    (got,) = robustness.random_perturbation(Runner(ex, "gradient_x_input"), x, np.array([cls]),
+                                            ex.explain(x, "gradient_x_input", target=cls).maps.astype(np.float64),
+                                            perts, topk=0.25)
+    before = ex.explain(x, "gradient_x_input", target=cls).maps[0]
+    kept, inter = [], []
+    for d in perts:
+        moved = x + d
+        kept.append(np.argmax(weights @ moved.ravel().astype(np.float64) + bias) == cls)
+        inter.append(_ranked_topk(before, ex.explain(moved, "gradient_x_input", target=cls).maps[0], 0.25))
+    assert 0 < np.mean(kept) < 1
+    assert got["class_kept"] == pytest.approx(np.mean(kept))
+    assert got["topk_intersection"] == pytest.approx(np.mean(inter))
+
+
+def test_perturbation_metrics_refuse_dense_outputs():
+    from onnxsal.errors import MethodError
+    from onnxsal.metrics import robustness
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    w = np.ones((2, 1, 3, 3), np.float32)
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    ex = onnxsal.Explainer(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(MethodError, match="classifier's"):
+        robustness._top_classes(Runner(ex, "saliency"), np.zeros((1, 1, 6, 6), np.float32))

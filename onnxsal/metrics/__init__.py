@@ -25,6 +25,8 @@ DEFAULTS: dict[str, dict] = {
     "energy_pointing_game": {},
     "infidelity": {"samples": 10, "noise": 0.1, "normalize": True, "seed": 0},
     "sensitivity_max": {"samples": 10, "radius": 0.02, "seed": 0},
+    "adversarial": {"epsilon": 0.1, "steps": 5, "topk": 0.02},
+    "random_perturbation": {"epsilon": 0.1, "samples": 3, "topk": 0.02, "seed": 0},
     "sparseness": {},
     "entropy": {},
     "randomisation": {"layers": 6, "modes": ["cascading", "independent"], "seed": 0},
@@ -38,6 +40,7 @@ HEADLINE = {
     "deletion": ("auc", False), "insertion": ("auc", True), "pixel_flipping": ("abpc", True), "road": ("gap", True),
     "pointing_game": ("hit", True), "energy_pointing_game": ("proportion", True),
     "infidelity": ("infidelity", False), "sensitivity_max": ("sensitivity", False),
+    "adversarial": ("topk_intersection", True), "random_perturbation": ("topk_intersection", True),
     "sparseness": ("gini", True), "entropy": ("entropy", False), "randomisation": ("spearman_abs", False),
     "input_invariance": ("change", False),
 }
@@ -48,6 +51,8 @@ REFERENCES = {
     "pointing_game": "Zhang et al. 2018 (excitation backprop), sec. 5.1",
     "energy_pointing_game": "Wang et al. 2020 (Score-CAM), sec. 5.2",
     "infidelity": "Yeh et al. 2019, eq. 1", "sensitivity_max": "Yeh et al. 2019, def. 3.1",
+    "adversarial": "Ghorbani et al. 2019, sec. 3 (top-k intersection) under class-keeping PGD (Madry et al. 2018)",
+    "random_perturbation": "Ghorbani et al. 2019, sec. 4 (random sign perturbation, top-k intersection)",
     "sparseness": "Chalasani et al. 2020 (Gini index)", "entropy": "Bhatt et al. 2020 (complexity)",
     "randomisation": "Adebayo et al. 2018, sec. 3 (model-parameter randomisation)",
     "input_invariance": "Kindermans et al. 2019, sec. 2 (constant input shift absorbed by the first bias)",
@@ -133,7 +138,10 @@ def _checked(metric: str, key: str, value):
     elif key == "seed":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             bad("a non-negative integer")
-    elif key in ("noise", "radius", "tolerance", "blur_sigma"):
+    elif key == "topk":
+        if not number or not 0 < value <= 1:
+            bad("a fraction of the pixels in (0, 1]")
+    elif key in ("noise", "radius", "tolerance", "blur_sigma", "epsilon"):
         if not number or not math.isfinite(value) or value < 0:
             bad("a finite number >= 0")
     elif key == "fill":
@@ -175,7 +183,7 @@ def parse_metrics(values, boxes: bool = False) -> list[str]:
                 continue
             group = {"all": METRICS, "default": DEFAULT_METRICS + (LOCALISATION if boxes else ()),
                      "faithfulness": ("deletion", "insertion", "pixel_flipping", "road"), "localisation": LOCALISATION,
-                     "complexity": ("sparseness", "entropy"), "robustness": ("infidelity", "sensitivity_max"),
+                     "complexity": ("sparseness", "entropy"), "robustness": ("infidelity", "sensitivity_max", "adversarial", "random_perturbation"),
                      "sanity": ("randomisation", "input_invariance")}.get(name)
             if group is None and name not in METRICS:
                 raise MethodError(f"unknown metric {name!r}; choose from {', '.join(METRICS)} (or all, default, "
@@ -297,6 +305,16 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
                 values = robustness.sensitivity_max(runner, x, classes, maps, perts)
                 for i in range(n):
                     record(i, m, metric, {"sensitivity": values[i]})
+            elif metric == "adversarial":
+                found = robustness.adversarial(runner, x, classes, maps, epsilon=float(s["epsilon"]), steps=int(s["steps"]),
+                                               topk=float(s["topk"]))
+                for i in range(n):
+                    record(i, m, metric, found[i])
+            elif metric == "random_perturbation":
+                perts = robustness.random_sign_perturbations(x, int(s["samples"]), float(s["epsilon"]), int(s["seed"]))
+                found = robustness.random_perturbation(runner, x, classes, maps, perts, topk=float(s["topk"]))
+                for i in range(n):
+                    record(i, m, metric, found[i])
             elif metric == "sparseness":
                 for i in range(n):
                     record(i, m, metric, {"gini": complexity.sparseness(maps[i])})
