@@ -357,14 +357,20 @@ def test_adversarial_closed_form_linear():
     # through onnxsal.evaluate: gradient x input maps at x and at the oracle's x_adv, compared by the test
     ev = onnxsal.evaluate(ex, x, "gradient_x_input", metrics=["adversarial"],
                           settings={"adversarial": {"epsilon": eps, "steps": steps, "topk": 0.2}})
+    rhos = []
     for i, rec in enumerate(ev.records):
         before = ex.explain(x[i:i + 1], "gradient_x_input", target=int(classes[i])).maps[0]
         after = ex.explain(wants[i][0].astype(np.float32)[None], "gradient_x_input", target=int(classes[i])).maps[0]
         assert rec["figures"]["topk_intersection"] == pytest.approx(_ranked_topk(before, after, 0.2))
+        stats = pytest.importorskip("scipy.stats")
+        rho = stats.spearmanr(before.ravel(), after.ravel()).statistic
+        assert rec["figures"]["spearman"] == pytest.approx(rho, rel=1e-6)
+        rhos.append(rho)
         assert rec["figures"]["linf"] == pytest.approx(np.abs(wants[i][0] - x[i]).max(), rel=1e-5)
         drop = weights[classes[i]] @ (x[i].ravel() - wants[i][0].ravel())
         assert rec["figures"]["logit_drop"] == pytest.approx(drop, rel=1e-4)
         assert rec["figures"]["steps_taken"] == wants[i][1]
+    assert min(rhos) < 0.999  # some map did change
 
 
 def test_random_perturbation_closed_form_linear():
