@@ -414,3 +414,36 @@ def test_perturbation_metrics_refuse_dense_outputs():
     ex = onnxsal.Explainer(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     with pytest.raises(MethodError, match="classifier's"):
         robustness._top_classes(Runner(ex, "saliency"), np.zeros((1, 1, 6, 6), np.float32))
+
+
+# -- HOG similarity (Adebayo et al.'s randomisation figure) against scikit-image ------------------------------
+
+@pytest.mark.parametrize("shape, cell", [((64, 64), 16), ((50, 37), 8), ((24, 24), 8), ((9, 12), 3)])
+def test_hog_matches_scikit_image(shape, cell):
+    feature = pytest.importorskip("skimage.feature")
+    from onnxsal.metrics import similarity
+
+    rng = np.random.default_rng(sum(shape))
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    images = [rng.random(shape), np.exp(-((yy - shape[0] / 3) ** 2 + (xx - shape[1] / 2) ** 2) / 40.0),
+              (xx > shape[1] / 2).astype(float),  # noise, a blob, an edge (orientations on bin borders: 0 and 90)
+              1e-5 * rng.random(shape)]  # faint: the blocks' eps (1e-5) matters, so the cell average must be right
+    for img in images:
+        want = feature.hog(img, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(3, 3), block_norm="L2-Hys")
+        got = similarity.hog(img, cell=cell)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)  # scikit-image sums a cell in float32
+
+
+def test_hog_similarity_is_pearson_of_scikit_image_hogs():
+    feature = pytest.importorskip("skimage.feature")
+    from onnxsal.metrics import similarity
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((224, 224))
+    b = a + rng.standard_normal((224, 224))
+    hogs = [feature.hog(similarity.scale01(np.abs(m)), pixels_per_cell=(16, 16), cells_per_block=(3, 3)) for m in (a, b)]
+    assert similarity.hog_similarity(a, b) == pytest.approx(np.corrcoef(*hogs)[0, 1], rel=1e-6)
+    assert similarity.hog_similarity(a, a) == pytest.approx(1.0)
+    assert similarity.hog_cell((24, 24)) == 8 and similarity.hog_cell((300, 300)) == 16
+    assert np.isnan(similarity.hog_similarity(np.ones((2, 5)), np.ones((2, 5))))
+    assert similarity.similarities(a, b)["hog"] == similarity.hog_similarity(a, b)

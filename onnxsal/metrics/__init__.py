@@ -332,12 +332,13 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
             verdict = randomisation.passes(found[m]) if "cascading" in found[m] else [None] * n
             for i in range(n):
                 per_layer = {mode: [{"layer": c["layer"], "index": c["index"], "op": c["op"],
-                                     **{k: c[k][i] for k in ("spearman_abs", "spearman", "ssim")}} for c in rows]
+                                     **{k: c[k][i] for k in ("spearman_abs", "spearman", "ssim", "hog")}} for c in rows]
                              for mode, rows in found[m].items()}
                 rows = per_layer.get("cascading", next(iter(per_layer.values())))
                 first, last = rows[0], rows[-1]
                 record(i, m, "randomisation", {"spearman_abs": last["spearman_abs"], "spearman": last["spearman"],
-                                               "ssim": last["ssim"], "spearman_abs_output_layer": first["spearman_abs"],
+                                               "ssim": last["ssim"], "hog": last["hog"],
+                                               "spearman_abs_output_layer": first["spearman_abs"],
                                                "passes": verdict[i]}, layers=per_layer)
     if "input_invariance" in metrics:
         from . import invariance

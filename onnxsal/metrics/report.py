@@ -151,7 +151,7 @@ def randomisation_plot(evaluation, image):
         return None
     panels = []
     for mode in rows[0]["layers"]:
-        for key, what in (("spearman_abs", "Spearman |map|"), ("ssim", "SSIM |map|")):
+        for key, what in (("spearman_abs", "Spearman |map|"), ("ssim", "SSIM |map|"), ("hog", "HOG Pearson")):
             series = []
             low = -0.2
             checkpoints = rows[0]["layers"][mode]
