@@ -600,9 +600,10 @@ def batch(inputs, model, methods, target, region, region_mean, box, decoder, sco
 @click.option("--model", default=None, help="Zoo name or .onnx file (default: the zoo's default model).")
 @click.option("--method", "methods", multiple=True, help="Method(s), repeatable or comma-separated, or 'all' (default grad_cam).")
 @click.option("--metrics", "metrics", multiple=True,
-              help="Metric(s), comma-separated: deletion, insertion, pixel_flipping, pointing_game, energy_pointing_game, "
-                   "infidelity, sensitivity_max, sparseness, entropy, randomisation; or default, all, faithfulness, "
-                   "localisation, robustness, complexity (default: faithfulness and complexity, plus localisation with --boxes).")
+              help="Metric(s), comma-separated: deletion, insertion, pixel_flipping, road, pointing_game, energy_pointing_game, "
+                   "infidelity, sensitivity_max, adversarial, random_perturbation, sparseness, entropy, randomisation, "
+                   "input_invariance; or default, all, faithfulness, localisation, robustness, complexity, sanity (default: "
+                   "deletion, insertion, pixel_flipping, sparseness, entropy, plus localisation with --boxes or --masks).")
 @click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False),
               help='Object boxes per image, photo pixels: JSON ({"images": {name: {"objects": [{"box": [x0,y0,x1,y1], '
                    '"imagenet": [...]}]}}}) or CSV (header image,x0,y0,x1,y1[,label][,imagenet]).')
@@ -624,7 +625,8 @@ def evaluate(images, model, methods, metrics, boxes_file, masks_dir, assignments
              quiet):
     """Evaluate methods' maps of IMAGES: faithfulness, sanity checks, localisation, robustness, complexity.
 
-    Writes evaluation.json (every figure with its settings), evaluation.md (a table) and PNG plots into --out.
+    Writes evaluation.json (every figure with its settings), evaluation.md and evaluation.html (a table) and PNG
+    plots into --out.
     With no images and no model: the two bundled photos and their boxes.
     """
     from pathlib import Path

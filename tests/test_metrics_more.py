@@ -447,3 +447,57 @@ def test_hog_similarity_is_pearson_of_scikit_image_hogs():
     assert similarity.hog_cell((24, 24)) == 8 and similarity.hog_cell((300, 300)) == 16
     assert np.isnan(similarity.hog_similarity(np.ones((2, 5)), np.ones((2, 5))))
     assert similarity.similarities(a, b)["hog"] == similarity.hog_similarity(a, b)
+
+
+# -- the HTML report ---------------------------------------------------------------------------------------
+
+def test_html_table_matches_the_json(work):
+    import json
+    from html.parser import HTMLParser
+
+    from test_metrics_cli import cli
+
+    result = cli("evaluate", "a.png", "b.png", "--model", "tiny.onnx", "--method", "saliency,grad_cam", "--metrics",
+                 "deletion,road,sparseness", "--set", "deletion.steps=4", "--set", "road.percentages=[0.25,0.5]",
+                 "--out", "ev", "-q")
+    assert result.exit_code == 0, result.output
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.images, self._cell = [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self._cell = ""
+            elif tag == "img":
+                self.images.append(dict(attrs)["src"])
+
+        def handle_data(self, data):
+            if self._cell is not None:
+                self._cell += data
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.rows[-1].append(self._cell)
+                self._cell = None
+
+    page = Cells()
+    page.feed((work / "ev" / "evaluation.html").read_text())
+    head, *rows = page.rows
+    assert head == ["method", "deletion auc ↓", "road gap ↑", "sparseness gini ↑"]
+    records = json.loads((work / "ev" / "evaluation.json").read_text())["records"]
+    for cells in rows:
+        for metric, key, cell in zip(("deletion", "road", "sparseness"), ("auc", "gap", "gini"), cells[1:]):
+            values = [r["figures"][key] for r in records if r["method"] == cells[0] and r["metric"] == metric]
+            assert len(values) == 2 and float(cell) == pytest.approx(np.mean(values), abs=5e-4)
+    assert [r[0] for r in rows] == ["saliency", "grad_cam"]
+    assert sorted(page.images) == ["a_curves.png", "b_curves.png"]
+    assert all((work / "ev" / name).is_file() for name in page.images)
+    # the ROAD panels are drawn: three panels of 420 px (deletion, ROAD MoRF, ROAD LeRF)
+    from PIL import Image
+
+    with Image.open(work / "ev" / "a_curves.png") as im:
+        assert im.width == 3 * 420

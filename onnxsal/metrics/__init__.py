@@ -187,7 +187,7 @@ def parse_metrics(values, boxes: bool = False) -> list[str]:
                      "sanity": ("randomisation", "input_invariance")}.get(name)
             if group is None and name not in METRICS:
                 raise MethodError(f"unknown metric {name!r}; choose from {', '.join(METRICS)} (or all, default, "
-                                  "faithfulness, localisation, complexity, robustness)")
+                                  "faithfulness, localisation, complexity, robustness, sanity)")
             for n in group or (name,):
                 if n in LOCALISATION and not boxes:
                     if group is None:
