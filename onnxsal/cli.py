@@ -656,10 +656,10 @@ def evaluate(images, model, methods, metrics, boxes_file, masks_dir, assignments
     if not quiet:
         click.echo(f"evaluating {', '.join(chosen)} with {', '.join(wanted)} on {len(files)} image(s); {ex.describe()}")
     report = (lambda line: None) if quiet else click.echo
-    result, written = evaluate_files(ex, files, chosen, wanted, boxes_file=boxes_file, masks_dir=masks_dir,
-                                     settings=settings, options=options,
-                                     target=goal, out=Path(out_dir), report=report, batch_size=batch_size,
-                                     model=setup.source)
+    with _progress(len(files) * len(chosen) * len(wanted), "evaluating", enabled=not quiet) as advance:
+        result, written = evaluate_files(ex, files, chosen, wanted, boxes_file=boxes_file, masks_dir=masks_dir,
+                                         settings=settings, options=options, target=goal, out=Path(out_dir),
+                                         report=report, batch_size=batch_size, model=setup.source, progress=advance)
     if not quiet:
         click.echo(result.table())
         click.echo(f"wrote {len(written)} file(s) to {out_dir}")

@@ -501,3 +501,15 @@ def test_html_table_matches_the_json(work):
 
     with Image.open(work / "ev" / "a_curves.png") as im:
         assert im.width == 3 * 420
+
+
+def test_progress_adds_up_to_methods_times_metrics(work):
+    """The CLI's bar has files x methods x metrics units; evaluate() reports exactly that many for one image."""
+    from onnxsal.preprocess import Preprocessing, load_image
+
+    ex = onnxsal.Explainer(str(work / "tiny.onnx"), preprocessing=Preprocessing.from_file(work / "tiny.preprocess.json"))
+    x = ex.preprocessing.batch([load_image(work / "a.png")])
+    units = []
+    onnxsal.evaluate(ex, x, ["saliency", "grad_cam"], metrics=["deletion", "randomisation", "input_invariance"],
+                     model=str(work / "tiny.onnx"), settings={"deletion": {"steps": 2}}, progress=units.append)
+    assert sum(units) == pytest.approx(2 * 3)

@@ -321,13 +321,13 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
             elif metric == "entropy":
                 for i in range(n):
                     record(i, m, metric, {"entropy": complexity.entropy(maps[i])})
-            if progress:
+            if progress and metric not in ("randomisation", "input_invariance"):  # those two report below
                 progress(1)
     if "randomisation" in metrics:
         s = config["randomisation"]
         proto = _original_model(explainer, model)
         found = randomisation.run(runners, x, classes, {m: explained[m].maps for m in methods}, proto,
-                                  layers=s["layers"], modes=tuple(s["modes"]), seed=int(s["seed"]))
+                                  layers=s["layers"], modes=tuple(s["modes"]), seed=int(s["seed"]), progress=progress)
         for m in methods:
             verdict = randomisation.passes(found[m]) if "cascading" in found[m] else [None] * n
             for i in range(n):
@@ -357,6 +357,8 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
                 for i in range(n):
                     record(i, meth, "input_invariance", {**invariance.compare(explained[meth].maps[i], maps2[i]),
                                                          "output_gap": float(gap[i])})
+                if progress:
+                    progress(1)
     return result
 
 
