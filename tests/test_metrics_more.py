@@ -513,3 +513,18 @@ def test_progress_adds_up_to_methods_times_metrics(work):
     onnxsal.evaluate(ex, x, ["saliency", "grad_cam"], metrics=["deletion", "randomisation", "input_invariance"],
                      model=str(work / "tiny.onnx"), settings={"deletion": {"steps": 2}}, progress=units.append)
     assert sum(units) == pytest.approx(2 * 3)
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--set", "road.percentages=[0.5,1.0]"], "road.percentages must be a list of fractions in [0, 1)"),
+    (["--set", "road.noise=-1"], "road.noise must be a finite number >= 0"),
+    (["--set", "adversarial.topk=0"], "adversarial.topk must be a fraction of the pixels in (0, 1]"),
+    (["--set", "adversarial.epsilon=inf"], "adversarial.epsilon must be a finite number >= 0"),
+    (["--set", "random_perturbation.samples=0"], "random_perturbation.samples must be an integer of at least 1"),
+    (["--metrics", "robustnes"], "unknown metric 'robustnes'"),
+])
+def test_new_setting_refusals(work, args, pattern):
+    from test_metrics_cli import cli, refused
+
+    refused(cli("evaluate", "a.png", "--model", "tiny.onnx", "--out", "ev", "-q", *args), pattern)
+    assert not (work / "ev").exists()
