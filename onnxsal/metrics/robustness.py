@@ -17,9 +17,11 @@ The map's change under perturbations that keep the prediction (Ghorbani, Abid & 
 Neural Networks is Fragile", AAAI; sec. 3-4):
   - adversarial: projected gradient steps (Madry et al. 2018) on the input that LOWER the explained class's
     logit, x_{t+1} = clip_{[x - eps, x + eps]}(x_t - a sign(grad_x s_c(x_t))), a = 2.5 eps / steps, using
-    onnxsal's own input gradient; a step that would change the model's top class is not taken (the attack
-    stops at the last input that keeps it). This is the label-keeping adversarial direction of the score,
-    not Ghorbani et al.'s map-targeted attack (that one differentiates the map itself: second order).
+    onnxsal's own input gradient. A step that would change the model's top class is halved (up to 8 times:
+    a / 256) until it keeps the class, as in Ghorbani et al.'s attacks, which only accept label-keeping steps;
+    when no halving keeps it the attack stops. (ImageNet models flip under one full step of eps = 0.1.) This
+    is the label-keeping adversarial direction of the score, not Ghorbani et al.'s map-targeted attack (that
+    one differentiates the map itself: second order).
   - random_perturbation: Ghorbani et al.'s random sign perturbation, x + eps * sign(N(0, 1)), `samples` draws,
     figures averaged over the draws (a draw that changes the top class is counted in class_kept).
 Figures: top-k intersection (Ghorbani et al.'s measure: the fraction of the k highest-valued map pixels of the
@@ -80,6 +82,9 @@ def sensitivity_max(runner, x, classes, maps, perturbations: np.ndarray) -> np.n
     return worst
 
 
+HALVINGS = 8  # a PGD step that changes the top class is halved up to this many times
+
+
 def topk_intersection(a: np.ndarray, b: np.ndarray, fraction: float = 0.02) -> float:
     """Share of the k = max(1, round(fraction * pixels)) highest pixels of `a` that are also among those of `b`;
     ties broken in raster order."""
@@ -116,12 +121,20 @@ def pgd_keep_class(runner, x: np.ndarray, classes: np.ndarray, epsilon: float, s
         if not active.any():
             break
         idx = np.flatnonzero(active)
-        grad = runner.ex.engine.gradients(current[idx], seeds[idx], target_kind="logit").input_grad
-        proposal = np.clip(current[idx] - step * np.sign(grad), x[idx] - epsilon, x[idx] + epsilon).astype(np.float32)
-        keeps = _top_classes(runner, proposal) == top[idx]
-        current[idx[keeps]] = proposal[keeps]
-        taken[idx[keeps]] += 1
-        active[idx[~keeps]] = False
+        direction = np.sign(runner.ex.engine.gradients(current[idx], seeds[idx], target_kind="logit").input_grad)
+        waiting = np.ones(len(idx), bool)  # no label-keeping proposal found yet
+        for halving in range(HALVINGS + 1):
+            k = np.flatnonzero(waiting)
+            size = step / 2 ** halving
+            proposal = np.clip(current[idx[k]] - size * direction[k], x[idx[k]] - epsilon,
+                               x[idx[k]] + epsilon).astype(np.float32)
+            keeps = _top_classes(runner, proposal) == top[idx[k]]
+            current[idx[k[keeps]]] = proposal[keeps]
+            taken[idx[k[keeps]]] += 1
+            waiting[k[keeps]] = False
+            if not waiting.any():
+                break
+        active[idx[waiting]] = False
     return current, taken
 
 
