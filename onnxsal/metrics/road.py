@@ -11,9 +11,10 @@ where N(p) are p's 8 neighbours inside the image, w_n = 1/6 for the 4 direct and
 neighbours, and u_n = v_n when n is removed, x_n when it is kept. Multiplied out, (D - W_RR) v = W_RK x_K
 with D the diagonal of neighbour-weight sums: a symmetric, weakly diagonally dominant system, positive
 definite whenever some pixel is kept (every connected removed region touches a kept pixel). We solve it
-with conjugate gradients on the pixel grid (no sparse matrix is formed; scipy is not a dependency), started
-from a normalised-blur guess, to a relative residual of `tolerance`. Then Gaussian noise of std `noise`
-(model-input units; 0.01 as in the authors' NoisyLinearImputer) is added to the imputed pixels.
+with conjugate gradients on the pixel grid (no sparse matrix is formed; scipy is not a dependency; the
+Numba kernel and its numpy twin are in kernels/imputation.py), started from each channel's mean kept value,
+to a relative residual of `tolerance` (1e-6). Then Gaussian noise of std `noise` (model-input units; 0.01 as
+in the authors' NoisyLinearImputer) is added to the imputed pixels.
 
 Curves: pixels are ranked by the map (N, H, W) as in faithfulness.py (most relevant first for MoRF, least
 for LeRF; stable ties); at each fraction q of `percentages` the first floor(q * H * W) pixels are removed and
@@ -46,38 +47,10 @@ def neighbour_weight_sum(h: int, w: int) -> np.ndarray:
 
 
 def _neighbour_sum(v: np.ndarray) -> np.ndarray:
-    """sum_n w_n v_n over the neighbours inside the image, for every pixel of v (C, H, W). The stencil
-    [[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12 is the separable [1, 2, 1] x [1, 2, 1] less 4 at the centre, so two
-    1-D passes (zero beyond the border) do the work of eight shifted copies."""
-    rows = 2.0 * v
-    rows[..., 1:] += v[..., :-1]
-    rows[..., :-1] += v[..., 1:]
-    both = 2.0 * rows
-    both[..., 1:, :] += rows[..., :-1, :]
-    both[..., :-1, :] += rows[..., 1:, :]
-    both -= 4.0 * v
-    both *= 1.0 / 12.0
-    return both
+    """sum_n w_n v_n over the neighbours inside the image, for every pixel of v (C, H, W)."""
+    from ..kernels.imputation import _neighbour_sum_numpy
 
-
-def _initial_guess(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Normalised box-blur infill (C, H, W): mean of kept pixels, spreading outwards; a start for CG."""
-    known = keep.astype(np.float64)
-    value = x * known
-    guess = np.zeros_like(x)
-    done = keep.copy()
-    # grow the known region ring by ring: each unknown pixel takes the mean of its already-filled neighbours
-    for _ in range(max(x.shape[-2:])):
-        if done.all():
-            break
-        num = _neighbour_sum(value)
-        den = _neighbour_sum(known[None])[0]
-        new = (~done) & (den > 0)
-        guess[:, new] = num[:, new] / den[new]
-        value[:, new] = guess[:, new]
-        known[new] = 1.0
-        done |= new
-    return guess
+    return _neighbour_sum_numpy(v)
 
 
 def impute(x: np.ndarray, removed: np.ndarray, *, noise: float = 0.0, rng: np.random.Generator | None = None,
@@ -94,28 +67,11 @@ def impute(x: np.ndarray, removed: np.ndarray, *, noise: float = 0.0, rng: np.ra
     keep = ~removed
     diag = neighbour_weight_sum(h, w)
     rmask = removed.astype(np.float64)
-
-    def apply(v):  # (D - W_RR) v on the removed pixels; v is zero on kept pixels
-        return (diag * v - _neighbour_sum(v)) * rmask
+    from ..kernels.imputation import neighbour_cg
 
     b = _neighbour_sum(x * keep) * rmask  # W_RK x_K
-    v = _initial_guess(x, keep) * rmask
-    r = b - apply(v)
-    p = r.copy()
-    rr = (r * r).sum(axis=(1, 2))
-    limit = (tolerance ** 2) * np.maximum((b * b).sum(axis=(1, 2)), 1e-300)
-    for _ in range(int(max_iterations)):
-        if (rr <= limit).all():
-            break
-        ap = apply(p)
-        pap = (p * ap).sum(axis=(1, 2))
-        alpha = np.where(pap > 0, rr / np.where(pap > 0, pap, 1.0), 0.0)[:, None, None]
-        v += alpha * p
-        r -= alpha * ap
-        rr_new = (r * r).sum(axis=(1, 2))
-        beta = np.where(rr > 0, rr_new / np.where(rr > 0, rr, 1.0), 0.0)[:, None, None]
-        p = r + beta * p
-        rr = rr_new
+    v = (x * keep).sum(axis=(1, 2), keepdims=True) / keep.sum() * rmask  # start: each channel's kept mean
+    v = neighbour_cg(v, b, removed, diag, tolerance, max_iterations)
     values = v[:, removed]
     if noise:
         values = values + (rng or np.random.default_rng(0)).normal(0.0, float(noise), size=values.shape)
