@@ -613,11 +613,15 @@ def batch(inputs, model, methods, target, region, region_mean, box, decoder, sco
 @click.option("--model", default=None, help="Zoo name or .onnx file (default: the zoo's default model).")
 @click.option("--method", "methods", multiple=True, help="Method(s), repeatable or comma-separated, or 'all' (default grad_cam).")
 @click.option("--metrics", "metrics", multiple=True,
-              help="Metric(s), comma-separated: deletion, insertion, pixel_flipping, pointing_game, energy_pointing_game, "
-                   "infidelity, sensitivity_max, sparseness, entropy, randomisation; or default, all, faithfulness, "
-                   "localisation, robustness, complexity (default: faithfulness and complexity, plus localisation with --boxes).")
+              help="Metric(s), comma-separated: deletion, insertion, pixel_flipping, road, pointing_game, energy_pointing_game, "
+                   "infidelity, sensitivity_max, adversarial, random_perturbation, sparseness, entropy, randomisation, "
+                   "input_invariance; or default, all, faithfulness, localisation, robustness, complexity, sanity (default: "
+                   "deletion, insertion, pixel_flipping, sparseness, entropy, plus localisation with --boxes or --masks).")
 @click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False),
-              help='Object boxes per image (JSON: {"images": {name: {"objects": [{"box": [x0,y0,x1,y1], "imagenet": [...]}]}}}, photo pixels).')
+              help='Object boxes per image, photo pixels: JSON ({"images": {name: {"objects": [{"box": [x0,y0,x1,y1], '
+                   '"imagenet": [...]}]}}}) or CSV (header image,x0,y0,x1,y1[,label][,imagenet]).')
+@click.option("--masks", "masks_dir", type=click.Path(file_okay=False),
+              help="Folder of object masks (nonzero = object), one per image: <stem>.png or <stem>_mask.png, photo size.")
 @click.option("--set", "assignments", multiple=True, metavar="NAME.KEY=VALUE",
               help="A metric setting or method option, e.g. deletion.steps=20, insertion.fill=zeros, randomisation.layers=all, "
                    "integrated_gradients.steps=16; repeatable.")
@@ -629,12 +633,13 @@ def batch(inputs, model, methods, target, region, region_mean, box, decoder, sco
 @click.option("--out", "out_dir", default="onnxsal-eval", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
 @preprocessing_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def evaluate(images, model, methods, metrics, boxes_file, assignments, target, layer, batch_size, target_kind, out_dir,
+def evaluate(images, model, methods, metrics, boxes_file, masks_dir, assignments, target, layer, batch_size, target_kind, out_dir,
              size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, input_name, output_name,
              quiet):
     """Evaluate methods' maps of IMAGES: faithfulness, sanity checks, localisation, robustness, complexity.
 
-    Writes evaluation.json (every figure with its settings), evaluation.md (a table) and PNG plots into --out.
+    Writes evaluation.json (every figure with its settings), evaluation.md and evaluation.html (a table) and PNG
+    plots into --out.
     With no images and no model: the two bundled photos and their boxes.
     """
     from pathlib import Path
@@ -646,14 +651,15 @@ def evaluate(images, model, methods, metrics, boxes_file, assignments, target, l
 
     if not images and model is None:
         images = (str(zoo.example_image("chelsea")), str(zoo.example_image("coffee")))
-        boxes_file = boxes_file or str(zoo.example_image("chelsea").parent / "boxes.json")
+        if masks_dir is None:
+            boxes_file = boxes_file or str(zoo.example_image("chelsea").parent / "boxes.json")
     if not images:
         raise click.UsageError("give at least one image (file or directory)")
     files = image_files(images)
     chosen = parse_methods(methods or ["grad_cam"])
     if any("all" in m.split(",") for m in methods) and "drise" in chosen:
         chosen.remove("drise")  # 'all' means the methods for this model: D-RISE explains detectors only
-    wanted = parse_metrics(list(metrics) or ["default"], boxes=boxes_file is not None)
+    wanted = parse_metrics(list(metrics) or ["default"], boxes=boxes_file is not None or masks_dir is not None)
     settings, options = parse_assignments(assignments)
     setup = _setup(model, size, crop, mean, std, scale, layout, bgr, interpolation, preprocess_file, labels_file, quiet,
                    input_name, output_name)
@@ -663,9 +669,10 @@ def evaluate(images, model, methods, metrics, boxes_file, assignments, target, l
     if not quiet:
         click.echo(f"evaluating {', '.join(chosen)} with {', '.join(wanted)} on {len(files)} image(s); {ex.describe()}")
     report = (lambda line: None) if quiet else click.echo
-    result, written = evaluate_files(ex, files, chosen, wanted, boxes_file=boxes_file, settings=settings, options=options,
-                                     target=goal, out=Path(out_dir), report=report, batch_size=batch_size,
-                                     model=setup.source)
+    with _progress(len(files) * len(chosen) * len(wanted), "evaluating", enabled=not quiet) as advance:
+        result, written = evaluate_files(ex, files, chosen, wanted, boxes_file=boxes_file, masks_dir=masks_dir,
+                                         settings=settings, options=options, target=goal, out=Path(out_dir),
+                                         report=report, batch_size=batch_size, model=setup.source, progress=advance)
     if not quiet:
         click.echo(result.table())
         click.echo(f"wrote {len(written)} file(s) to {out_dir}")

@@ -20,10 +20,13 @@ DEFAULTS: dict[str, dict] = {
     "deletion": {"steps": 50, "fill": "zeros", "score": "probability", "blur_sigma": 5.0},
     "insertion": {"steps": 50, "fill": "blur", "score": "probability", "blur_sigma": 5.0},
     "pixel_flipping": {"steps": 50, "fill": "zeros", "score": "probability", "blur_sigma": 5.0},
+    "road": {"percentages": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "noise": 0.01, "score": "probability", "seed": 0},
     "pointing_game": {"tolerance": 15.0},
     "energy_pointing_game": {},
     "infidelity": {"samples": 10, "noise": 0.1, "normalize": True, "seed": 0},
     "sensitivity_max": {"samples": 10, "radius": 0.02, "seed": 0},
+    "adversarial": {"epsilon": 0.1, "steps": 5, "topk": 0.02},
+    "random_perturbation": {"epsilon": 0.1, "samples": 3, "topk": 0.02, "seed": 0},
     "sparseness": {},
     "entropy": {},
     "randomisation": {"layers": 6, "modes": ["cascading", "independent"], "seed": 0},
@@ -34,18 +37,22 @@ DEFAULT_METRICS = ("deletion", "insertion", "pixel_flipping", "sparseness", "ent
 LOCALISATION = ("pointing_game", "energy_pointing_game")
 # the figure shown in tables, and whether higher is better
 HEADLINE = {
-    "deletion": ("auc", False), "insertion": ("auc", True), "pixel_flipping": ("abpc", True),
+    "deletion": ("auc", False), "insertion": ("auc", True), "pixel_flipping": ("abpc", True), "road": ("gap", True),
     "pointing_game": ("hit", True), "energy_pointing_game": ("proportion", True),
     "infidelity": ("infidelity", False), "sensitivity_max": ("sensitivity", False),
+    "adversarial": ("topk_intersection", True), "random_perturbation": ("topk_intersection", True),
     "sparseness": ("gini", True), "entropy": ("entropy", False), "randomisation": ("spearman_abs", False),
     "input_invariance": ("change", False),
 }
 REFERENCES = {
     "deletion": "Petsiuk et al. 2018 (RISE), sec. 4.1", "insertion": "Petsiuk et al. 2018 (RISE), sec. 4.1",
     "pixel_flipping": "Bach et al. 2015; Samek et al. 2017 (MoRF / LeRF)",
+    "road": "Rong et al. 2022 (ROAD), sec. 4 (noisy linear imputation, MoRF / LeRF)",
     "pointing_game": "Zhang et al. 2018 (excitation backprop), sec. 5.1",
     "energy_pointing_game": "Wang et al. 2020 (Score-CAM), sec. 5.2",
     "infidelity": "Yeh et al. 2019, eq. 1", "sensitivity_max": "Yeh et al. 2019, def. 3.1",
+    "adversarial": "Ghorbani et al. 2019, sec. 3 (top-k intersection) under class-keeping PGD (Madry et al. 2018)",
+    "random_perturbation": "Ghorbani et al. 2019, sec. 4 (random sign perturbation, top-k intersection)",
     "sparseness": "Chalasani et al. 2020 (Gini index)", "entropy": "Bhatt et al. 2020 (complexity)",
     "randomisation": "Adebayo et al. 2018, sec. 3 (model-parameter randomisation)",
     "input_invariance": "Kindermans et al. 2019, sec. 2 (constant input shift absorbed by the first bias)",
@@ -131,7 +138,10 @@ def _checked(metric: str, key: str, value):
     elif key == "seed":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             bad("a non-negative integer")
-    elif key in ("noise", "radius", "tolerance", "blur_sigma"):
+    elif key == "topk":
+        if not number or not 0 < value <= 1:
+            bad("a fraction of the pixels in (0, 1]")
+    elif key in ("noise", "radius", "tolerance", "blur_sigma", "epsilon"):
         if not number or not math.isfinite(value) or value < 0:
             bad("a finite number >= 0")
     elif key == "fill":
@@ -146,6 +156,10 @@ def _checked(metric: str, key: str, value):
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             bad("a finite number or a list of them (one per channel)")
+    elif key == "percentages":
+        if not (isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          and 0 <= v < 1 for v in value)):
+            bad("a list of fractions in [0, 1)")
     elif key == "normalize":
         if not isinstance(value, bool):
             bad("true or false")
@@ -168,23 +182,24 @@ def parse_metrics(values, boxes: bool = False) -> list[str]:
             if not name:
                 continue
             group = {"all": METRICS, "default": DEFAULT_METRICS + (LOCALISATION if boxes else ()),
-                     "faithfulness": ("deletion", "insertion", "pixel_flipping"), "localisation": LOCALISATION,
-                     "complexity": ("sparseness", "entropy"), "robustness": ("infidelity", "sensitivity_max"),
+                     "faithfulness": ("deletion", "insertion", "pixel_flipping", "road"), "localisation": LOCALISATION,
+                     "complexity": ("sparseness", "entropy"), "robustness": ("infidelity", "sensitivity_max", "adversarial", "random_perturbation"),
                      "sanity": ("randomisation", "input_invariance")}.get(name)
             if group is None and name not in METRICS:
                 raise MethodError(f"unknown metric {name!r}; choose from {', '.join(METRICS)} (or all, default, "
-                                  "faithfulness, localisation, complexity, robustness)")
+                                  "faithfulness, localisation, complexity, robustness, sanity)")
             for n in group or (name,):
                 if n in LOCALISATION and not boxes:
                     if group is None:
-                        raise MethodError(f"{n} needs object boxes (--boxes FILE, or boxes= in Python)")
+                        raise MethodError(f"{n} needs object boxes or masks (--boxes FILE or --masks DIR; boxes= or "
+                                          "masks= in Python)")
                     continue
                 if n not in names:
                     names.append(n)
     return names
 
 
-def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, boxes=None, model=None,
+def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, boxes=None, masks=None, model=None,
              options: dict | None = None, settings: dict | None = None, names=None, batch_size: int | None = None,
              progress=None) -> Evaluation:
     """Evaluate the maps of `method` (a name or a list) on the batch x.
@@ -193,6 +208,7 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
         metric, perturbed input and randomised model.
     boxes: per image, a list of (x0, y0, x1, y1) boxes in model-input pixels, or of objects {"box": ..., "imagenet":
         [classes]} of which those naming the explained class are used (localisation metrics).
+    masks: instead of boxes, per image an (H, W) object mask in model-input pixels (nonzero = object).
     model: the original model (path, bytes, ModelProto) for the randomisation test; a zoo explainer finds its own.
     options: {method: {option: value}} passed to each method; settings: {metric: {setting: value}} (see DEFAULTS).
     names: one name per image for the records (default 0, 1, ...).
@@ -202,7 +218,10 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
     from ..targets import as_target
 
     methods = [method] if isinstance(method, str) else list(method)
-    metrics = parse_metrics([metrics] if isinstance(metrics, str) else list(metrics), boxes=boxes is not None)
+    if boxes is not None and masks is not None:
+        raise MethodError("give boxes or masks for the localisation metrics, not both")
+    metrics = parse_metrics([metrics] if isinstance(metrics, str) else list(metrics),
+                            boxes=boxes is not None or masks is not None)
     x = explainer._batch(x)
     n = len(x)
     names = list(names) if names is not None else list(range(n))
@@ -210,6 +229,10 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
         raise MethodError(f"{len(names)} names for {n} images")
     if boxes is not None and len(boxes) != n:
         raise MethodError(f"boxes are given for {len(boxes)} images, x holds {n}")
+    if masks is not None:
+        masks = [np.asarray(mk) != 0 for mk in masks]
+        if len(masks) != n:
+            raise MethodError(f"masks are given for {len(masks)} images, x holds {n}")
     for m in settings or {}:
         if m not in DEFAULTS:
             raise MethodError(f"settings for unknown metric {m!r}")
@@ -246,6 +269,23 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
                 for i in range(n):
                     a, b = faithfulness.auc(morf[i]), faithfulness.auc(lerf[i])
                     record(i, m, metric, {"morf_auc": a, "lerf_auc": b, "abpc": b - a}, curves={"morf": morf[i], "lerf": lerf[i]})
+            elif metric == "road":
+                from . import road
+
+                found = road.curves(runner, x, classes, maps, percentages=s["percentages"], noise=float(s["noise"]),
+                                    score=s["score"], seed=int(s["seed"]))
+                for i in range(n):
+                    record(i, m, metric, road.figures(found["morf"][i], found["lerf"][i]),
+                           curves={"percentages": list(s["percentages"]), "morf": found["morf"][i], "lerf": found["lerf"][i]})
+            elif metric in LOCALISATION and masks is not None:
+                for i in range(n):
+                    if masks[i].shape != maps[i].shape:
+                        raise MethodError(f"mask {i} is {masks[i].shape}, the maps are {maps[i].shape}")
+                    if metric == "pointing_game":
+                        figures = {"hit": localisation.mask_pointing_game(maps[i], masks[i], s["tolerance"])}
+                    else:
+                        figures = {"proportion": localisation.mask_energy_pointing_game(maps[i], masks[i])}
+                    record(i, m, metric, figures, mask_pixels=int(masks[i].sum()))
             elif metric in LOCALISATION:
                 for i in range(n):
                     chosen, which = _boxes(boxes[i], int(classes[i]))
@@ -265,29 +305,40 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
                 values = robustness.sensitivity_max(runner, x, classes, maps, perts)
                 for i in range(n):
                     record(i, m, metric, {"sensitivity": values[i]})
+            elif metric == "adversarial":
+                found = robustness.adversarial(runner, x, classes, maps, epsilon=float(s["epsilon"]), steps=int(s["steps"]),
+                                               topk=float(s["topk"]))
+                for i in range(n):
+                    record(i, m, metric, found[i])
+            elif metric == "random_perturbation":
+                perts = robustness.random_sign_perturbations(x, int(s["samples"]), float(s["epsilon"]), int(s["seed"]))
+                found = robustness.random_perturbation(runner, x, classes, maps, perts, topk=float(s["topk"]))
+                for i in range(n):
+                    record(i, m, metric, found[i])
             elif metric == "sparseness":
                 for i in range(n):
                     record(i, m, metric, {"gini": complexity.sparseness(maps[i])})
             elif metric == "entropy":
                 for i in range(n):
                     record(i, m, metric, {"entropy": complexity.entropy(maps[i])})
-            if progress:
+            if progress and metric not in ("randomisation", "input_invariance"):  # those two report below
                 progress(1)
     if "randomisation" in metrics:
         s = config["randomisation"]
         proto = _original_model(explainer, model)
         found = randomisation.run(runners, x, classes, {m: explained[m].maps for m in methods}, proto,
-                                  layers=s["layers"], modes=tuple(s["modes"]), seed=int(s["seed"]))
+                                  layers=s["layers"], modes=tuple(s["modes"]), seed=int(s["seed"]), progress=progress)
         for m in methods:
             verdict = randomisation.passes(found[m]) if "cascading" in found[m] else [None] * n
             for i in range(n):
                 per_layer = {mode: [{"layer": c["layer"], "index": c["index"], "op": c["op"],
-                                     **{k: c[k][i] for k in ("spearman_abs", "spearman", "ssim")}} for c in rows]
+                                     **{k: c[k][i] for k in ("spearman_abs", "spearman", "ssim", "hog")}} for c in rows]
                              for mode, rows in found[m].items()}
                 rows = per_layer.get("cascading", next(iter(per_layer.values())))
                 first, last = rows[0], rows[-1]
                 record(i, m, "randomisation", {"spearman_abs": last["spearman_abs"], "spearman": last["spearman"],
-                                               "ssim": last["ssim"], "spearman_abs_output_layer": first["spearman_abs"],
+                                               "ssim": last["ssim"], "hog": last["hog"],
+                                               "spearman_abs_output_layer": first["spearman_abs"],
                                                "passes": verdict[i]}, layers=per_layer)
     if "input_invariance" in metrics:
         from . import invariance
@@ -306,6 +357,8 @@ def evaluate(explainer, x, method, metrics=DEFAULT_METRICS, target="top", *, box
                 for i in range(n):
                     record(i, meth, "input_invariance", {**invariance.compare(explained[meth].maps[i], maps2[i]),
                                                          "output_gap": float(gap[i])})
+                if progress:
+                    progress(1)
     return result
 
 

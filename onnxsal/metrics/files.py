@@ -46,21 +46,33 @@ def input_boxes(objects: list[dict], photo_size: tuple, prep) -> list[dict]:
     return [{**o, "box": list(photo_to_input(o["box"], photo_size, prep))} for o in objects]
 
 
-def evaluate_files(explainer, files: list[Path], methods: list[str], metrics: list[str], *, boxes_file=None,
+def evaluate_files(explainer, files: list[Path], methods: list[str], metrics: list[str], *, boxes_file=None, masks_dir=None,
                    settings=None, options=None, target="top", out: Path, report: Callable[[str], None] = print,
                    progress=None, batch_size=None, model=None) -> tuple:
     """Evaluate each image (one at a time, so memory stays bounded) and write the JSON, table and plots."""
     from ..preprocess import load_image
     from ..workflow import unique_stems
     from . import Evaluation, evaluate
-    from .localisation import read_boxes
+    from .localisation import find_mask, input_mask, read_boxes
     from .report import write
 
     prep = explainer.preprocessing
     if prep is None:
         raise InputError("evaluating image files needs the model's preprocessing (a zoo model, a sidecar or the flags)")
+    if boxes_file is not None and masks_dir is not None:
+        raise InputError("give --boxes or --masks, not both")
     known = read_boxes(boxes_file) if boxes_file is not None else None
     stems = unique_stems(files)
+    mask_files = {}
+    if masks_dir is not None:
+        if not Path(masks_dir).is_dir():
+            raise InputError(f"--masks {masks_dir}: not a directory")
+        for file, stem in zip(files, stems):
+            found = find_mask(masks_dir, stem)
+            if found is None:
+                raise InputError(f"{masks_dir} has no mask for {file.name} (looked for {stem}.png, {stem}_mask.png "
+                                 "and the other image suffixes)")
+            mask_files[stem] = found
     total = Evaluation()
     for file, stem in zip(files, stems):
         photo = load_image(file)
@@ -71,7 +83,14 @@ def evaluate_files(explainer, files: list[Path], methods: list[str], metrics: li
             if objects is None:
                 raise InputError(f"{boxes_file} has no boxes for {file.name} (its images: {', '.join(sorted(known)) or 'none'})")
             boxes = [input_boxes(objects, photo.size, prep)]
-        result = evaluate(explainer, x, methods, metrics, target, boxes=boxes, options=options, settings=settings,
+        masks = None
+        if masks_dir is not None:
+            mask_photo = load_image(mask_files[stem])
+            if mask_photo.size != photo.size:
+                raise InputError(f"mask {mask_files[stem].name} is {mask_photo.size[0]}x{mask_photo.size[1]}, the photo "
+                                 f"{file.name} is {photo.size[0]}x{photo.size[1]}")
+            masks = [input_mask(mask_photo, prep)]
+        result = evaluate(explainer, x, methods, metrics, target, boxes=boxes, masks=masks, options=options, settings=settings,
                           names=[stem], batch_size=batch_size, progress=progress, model=model)
         total.records += result.records
         total.model, total.target = result.model, result.target

@@ -135,8 +135,8 @@ def run(runners: dict, x: np.ndarray, classes: np.ndarray, originals: dict, prot
                     per_image = [similarities(originals[method][i], maps[i]) for i in range(len(x))]
                     out[method][mode].append({"layer": found[j]["name"], "index": j, "op": found[j]["op"],
                                               **{key: [p[key] for p in per_image] for key in per_image[0]}})
-                if progress:
-                    progress(1)
+                if progress:  # one unit per method over all checkpoints and modes
+                    progress(len(runners) / (len(picks) * len(modes)))
     return out
 
 

@@ -1,5 +1,6 @@
-"""What `onnxsal evaluate` writes: evaluation.json (every figure), evaluation.md (a table), and PNG plots
-(deletion / insertion curves per image; randomisation similarity per layer), drawn with Pillow."""
+"""What `onnxsal evaluate` writes: evaluation.json (every figure), evaluation.md and evaluation.html (a table;
+the HTML page shows the plots too), and PNG plots (deletion / insertion / pixel flipping / ROAD curves per
+image; randomisation similarity per layer), drawn with Pillow."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
-def markdown_table(evaluation) -> str:
-    """Methods x metrics, headline figure averaged over images (arrow: which way is better)."""
+def table_parts(evaluation) -> tuple[list, list, list, list]:
+    """(header, rows of cells, notes, references): methods x metrics, the headline figure averaged over images
+    (arrow: which way is better)."""
     metrics = evaluation.metrics
     head = ["method"] + [f"{m} {HEADLINE[m][0]} {'↑' if HEADLINE[m][1] else '↓'}" for m in metrics if m != "randomisation"]
     if "randomisation" in metrics:
         head += ["randomisation: output layer ↓", "randomisation: all checked ↓", "passes"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for method in evaluation.methods:
-        cells = [f"`{method}`"]
+        cells = [method]
         for metric in metrics:
             if metric == "randomisation":
                 continue
@@ -31,23 +33,51 @@ def markdown_table(evaluation) -> str:
             except KeyError:
                 cells.append("")
         if "randomisation" in metrics:
-            rows = [r for r in evaluation.records if r["method"] == method and r["metric"] == "randomisation"]
-            top = np.mean([r["figures"]["spearman_abs_output_layer"] for r in rows])
-            end = np.mean([r["figures"]["spearman_abs"] for r in rows])
-            verdicts = [r["figures"]["passes"] for r in rows]
+            recs = [r for r in evaluation.records if r["method"] == method and r["metric"] == "randomisation"]
+            top = np.mean([r["figures"]["spearman_abs_output_layer"] for r in recs])
+            end = np.mean([r["figures"]["spearman_abs"] for r in recs])
+            verdicts = [r["figures"]["passes"] for r in recs]
             cells += [f"{top:.2f}", f"{end:.2f}", f"{sum(bool(v) for v in verdicts)}/{len(verdicts)}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    images = evaluation.images
-    lines.append("")
-    lines.append(f"{len(images)} image(s); {evaluation.target}; {evaluation.model}. "
-                 "Figures are means over images; settings and per-image values are in evaluation.json.")
+        rows.append(cells)
+    notes = [f"{len(evaluation.images)} image(s); {evaluation.target}; {evaluation.model}. "
+             "Figures are means over images; settings and per-image values are in evaluation.json."]
     if "randomisation" in metrics:
-        lines.append("randomisation: Spearman correlation of |map| with the original map after randomising the output "
+        notes.append("randomisation: Spearman correlation of |map| with the original map after randomising the output "
                      "layer alone, and after cascading randomisation down to the lowest checked layer; passes: images "
-                     "where both are below 0.5 in absolute value (Adebayo et al. 2018; our threshold).")
+                     "where both are below 0.5 in absolute value (Adebayo et al. 2018; our threshold). SSIM and HOG "
+                     "similarities per layer are in evaluation.json and the plots.")
+    references = [f"{m}: {REFERENCES[m]}" for m in metrics]
+    return head, rows, notes, references
+
+
+def markdown_table(evaluation) -> str:
+    head, rows, notes, references = table_parts(evaluation)
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join([f"`{cells[0]}`", *cells[1:]]) + " |" for cells in rows]
     lines.append("")
-    lines += [f"- {m}: {REFERENCES[m]}" for m in metrics]
+    lines += notes
+    lines.append("")
+    lines += [f"- {r}" for r in references]
     return "\n".join(lines) + "\n"
+
+
+def html_report(evaluation, pictures: list[str] = ()) -> str:
+    """A standalone HTML page: the table, its notes and references, and the plots (relative links)."""
+    from html import escape
+
+    head, rows, notes, references = table_parts(evaluation)
+    out = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>onnxsal evaluation</title>',
+           "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+           "th,td{border:1px solid #bbb;padding:3px 8px}td{text-align:right}td:first-child{text-align:left;"
+           "font-family:monospace}th{background:#eee}img{max-width:100%;margin:.5em 0}</style></head><body>",
+           "<h1>onnxsal evaluation</h1>", "<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>" for cells in rows]
+    out.append("</table>")
+    out += [f"<p>{escape(n)}</p>" for n in notes]
+    out.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in references) + "</ul>")
+    out += [f'<p><img src="{escape(p)}" alt="{escape(p)}"></p>' for p in pictures]
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
 
 
 def _font(size):
@@ -131,6 +161,13 @@ def curve_plot(evaluation, image):
         fill = rows[0]["settings"].get("fill")
         panels.append({"title": f"{name} (fill {fill})", "xlabel": "fraction of pixels perturbed", "ylabel": ylabel,
                        "series": series})
+    for key, name in (("morf", "ROAD MoRF"), ("lerf", "ROAD LeRF")):
+        rows = [r for r in evaluation.records if r["image"] == image and r["metric"] == "road"]
+        if rows:
+            series = [(r["method"], np.asarray(r["curves"]["percentages"], float), np.asarray(r["curves"][key], float))
+                      for r in rows]
+            panels.append({"title": f"{name} (noisy linear imputation)", "xlabel": "fraction of pixels removed",
+                           "ylabel": rows[0]["settings"].get("score", "score"), "series": series})
     if not panels:
         return None
     cls = next(r["class"] for r in evaluation.records if r["image"] == image)
@@ -144,7 +181,7 @@ def randomisation_plot(evaluation, image):
         return None
     panels = []
     for mode in rows[0]["layers"]:
-        for key, what in (("spearman_abs", "Spearman |map|"), ("ssim", "SSIM |map|")):
+        for key, what in (("spearman_abs", "Spearman |map|"), ("ssim", "SSIM |map|"), ("hog", "HOG Pearson")):
             series = []
             low = -0.2
             checkpoints = rows[0]["layers"][mode]
@@ -172,6 +209,7 @@ def write(evaluation, out: Path, stems: dict | None = None) -> list[Path]:
     path = out / "evaluation.md"
     write_output(path, evaluation.table().encode())
     written.append(path)
+    pictures = []
     for image in evaluation.images:
         stem = (stems or {}).get(image, str(image))
         for suffix, draw in (("curves", curve_plot), ("randomisation", randomisation_plot)):
@@ -180,4 +218,8 @@ def write(evaluation, out: Path, stems: dict | None = None) -> list[Path]:
                 path = out / f"{stem}_{suffix}.png"
                 save_png(picture, path)
                 written.append(path)
+                pictures.append(path.name)
+    path = out / "evaluation.html"
+    write_output(path, html_report(evaluation, pictures).encode())
+    written.append(path)
     return written
