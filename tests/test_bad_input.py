@@ -274,6 +274,21 @@ def test_huge_declared_input_is_refused_before_allocating(work):
     assert leftovers(work / "out") == []
 
 
+def test_rebatching_probe_is_skipped_when_it_would_not_fit(work, monkeypatch):
+    # the re-batching probe runs the model on random inputs with every tensor kept (batch 2 and two single
+    # samples); on a 16000 x 16000 input that held 20 GB before the budget check refused the model
+    from onnxsal.graph import canonicalize as canon
+
+    model = onnx.load(tiny_model(work / "m.onnx", size=(64, 64)))  # 64 x 64 x (3 + 4 + 4) floats: 176 KiB at batch 1
+    probed = []
+    monkeypatch.setattr(canon, "_rebatch", lambda m, name: probed.append(name) or m)
+    monkeypatch.setenv("ONNXSAL_MEMORY_BUDGET", "512K")  # the probe needs 4 x 176 KiB
+    assert canon.rebatch_baked_batch(model, "x", 1) is model and probed == []
+    monkeypatch.setenv("ONNXSAL_MEMORY_BUDGET", "1M")
+    canon.rebatch_baked_batch(model, "x", 1)
+    assert probed == ["x"]
+
+
 def test_huge_size_on_a_dynamic_model_is_refused(work):
     tiny_model(work / "dyn.onnx", dynamic=True)
     result = cli(explain("cat.png", "--model", "dyn.onnx", "--size", "20000", "--out", "out"),

@@ -450,12 +450,33 @@ def rebatch_baked_batch(model: onnx.ModelProto, input_name: str, batch: int | No
     then gives, at batch 2, the two batch-1 outputs; otherwise the model is returned unchanged (it runs one
     sample at a time).
     """
-    if batch != 1:
+    if batch != 1 or not _probe_fits(model):
         return model
     try:
         return _rebatch(model, input_name)
     except Exception:  # noqa: BLE001 - an optimisation of the graph, never a requirement: keep the model
         return model
+
+
+def _probe_fits(model: onnx.ModelProto) -> bool:
+    """Whether the probe's runs fit the memory budget: every tensor kept (all node outputs are exposed) for a
+    batch of 2 and the two single samples, 4 x each tensor's batch-1 bytes (unknown dimensions count as 1).
+    A model too large to probe keeps its baked batch and runs one sample at a time; the budget check that
+    follows canonicalisation decides whether it runs at all."""
+    from ..safety import memory_budget
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - shapes unknown: probe as before
+        return True
+    total = 0.0
+    for info in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor = info.type.tensor_type
+        if not tensor.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in tensor.shape.dim]
+        total += 4 * 4.0 * float(np.prod(dims, dtype=np.float64))  # 4 copies of 4-byte values
+    return total <= memory_budget()
 
 
 def _rebatch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
