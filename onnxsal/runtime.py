@@ -47,6 +47,10 @@ def session_options():
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # intra-op threads stop spinning when a run ends: an idle spin burns the cores the next session (onnxsal's
+    # forward and gradient sessions alternate, and IG / SmoothGrad chunks overlap numpy work) or another process
+    # needs; measured on a 2-core CPU, a gradient run right after another session's took 1.5-2x longer without it
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     threads = os.environ.get("ONNXSAL_THREADS")
     if threads:
         opts.intra_op_num_threads = int(threads)
@@ -182,7 +186,24 @@ class Engine:
             sweep(cache_dir())  # temporaries of killed runs, once per process
         check_model_memory(graph)  # before the first allocation (the batch probe below)
         if graph.batchable is None:
-            check_batching(self)
+            # the probe (a session built and run three times, ~0.1-0.2 s) runs once per model and code version:
+            # its answer is kept in the disk cache beside the augmented graphs
+            known = cache_fact = None
+            if cache_dir() is not None:
+                from .cache import read_fact
+
+                cache_fact = read_fact(graph, "batchable", repr(provider_list(self.providers)))
+                known = cache_fact.get("batchable") if cache_fact else None
+            if isinstance(known, bool):
+                graph.batchable = known
+                if not known:
+                    graph.notes.append(UNBATCHABLE)
+            else:
+                check_batching(self)
+                if cache_dir() is not None:
+                    from .cache import write_fact
+
+                    write_fact(graph, "batchable", {"batchable": bool(graph.batchable)}, repr(provider_list(self.providers)))
         if not graph.batchable:
             warnings.warn(UNBATCHABLE, stacklevel=3)
         budget = GPU_MEMORY_BUDGET if "CUDAExecutionProvider" in self.providers else DEFAULT_MEMORY_BUDGET
