@@ -354,6 +354,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0,
                         help="--table: compute threads of every framework (torch, onnxruntime, onnxsal); 0 = all cores")
+    parser.add_argument("--append", default="", help="--table: add to this earlier results JSON (and its table)")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--name", default="", help="name of this run in the result files (default: the host name)")
     args = parser.parse_args()
@@ -619,19 +620,27 @@ class Worker:
         return {"median_ms": 1000 * statistics.median(self.times), "times_ms": [1000 * t for t in self.times], **out}
 
 
-def interleaved(specs: list[dict], rounds: int) -> list[dict]:
+def interleaved(specs: list[dict], rounds: int, shared: Worker | None = None) -> list[dict]:
     """Set up one worker per spec (one after another, so set-ups do not disturb each other), then `rounds` rounds in
-    which every worker makes one call, in an order that rotates each round; the result of each spec."""
+    which every worker, and `shared` (the forward, kept across methods), makes one call, in an order that rotates
+    each round; the result of each spec, then the shared worker's times of these rounds."""
     workers = []
     for spec in specs:
         w = Worker(spec)
         w.ready()
         workers.append(w)
+    everyone = workers + ([shared] if shared is not None else [])
+    first = len(shared.times) if shared is not None else 0
     for r in range(rounds):
-        order = workers[r % len(workers):] + workers[:r % len(workers)]
+        order = everyone[r % len(everyone):] + everyone[:r % len(everyone)]
         for w in order:
             w.run()
-    return [w.finish() for w in workers]
+    out = [w.finish() for w in workers]
+    if shared is not None:
+        mine = shared.times[first:]
+        out.append({"median_ms": 1000 * statistics.median(mine), "times_ms": [1000 * t for t in mine]} if mine
+                   else {"error": shared.error or "no result"})
+    return out
 
 
 def run_table(args) -> None:
@@ -642,19 +651,33 @@ def run_table(args) -> None:
     wanted = [m for m in (args.methods.split(",") if args.methods else TABLE_METHODS) if m]
     stamp = time.strftime("%Y-%m-%dT%H:%M", time.gmtime())
     stem = f"table-cpu-{args.name or platform.node() or 'machine'}-{date.today().isoformat()}"
-    results = {"machine": machine(), "device": "cpu", "date": date.today().isoformat(), "started_utc": stamp,
-               "load_before": os.getloadavg(), "target": TARGET, "steps": STEPS, "samples": SAMPLES, "stdev": STDEV,
-               "rounds": args.repeats, "heavy_rounds": args.heavy_repeats, "threads": args.threads or os.cpu_count(), "runs": []}
+    if args.append:
+        earlier = json.loads(Path(args.append).read_text())
+        stem = Path(args.append).stem
+        out = Path(args.append).parent
+        earlier.setdefault("parts", []).append({"started_utc": stamp, "load_before": os.getloadavg(),
+                                                "rounds": args.repeats, "heavy_rounds": args.heavy_repeats,
+                                                "threads": args.threads or os.cpu_count(), "methods": wanted})
+        results = earlier
+    else:
+        results = {"machine": machine(), "device": "cpu", "date": date.today().isoformat(), "started_utc": stamp,
+                   "load_before": os.getloadavg(), "target": TARGET, "steps": STEPS, "samples": SAMPLES, "stdev": STDEV,
+                   "rounds": args.repeats, "heavy_rounds": args.heavy_repeats, "threads": args.threads or os.cpu_count(),
+                   "runs": []}
     for model in models:
         onnx_path = onnx_file(model, work)
         for batch in [int(b) for b in args.batches.split(",")]:
             x_path = work / f"x{batch}.npy"
             np.save(x_path, inputs(batch))
+            common = dict(model=model, onnx=str(onnx_path), inputs=str(x_path), device="cpu", batch=batch, threads=args.threads)
+            forward_spec = {"framework": "ort", "method": "forward", "settings": {}, "warmups": 2, **common}
+            forward = Worker(forward_spec)
+            forward.ready()
             for method in wanted:
                 heavy = method in HEAVY
                 if heavy and str(batch) not in args.heavy_batches.split(","):
                     continue
-                specs = [{"framework": "ort", "method": "forward", "settings": {}}, {"framework": "onnxsal", "method": method, "settings": {}}]
+                specs = [{"framework": "onnxsal", "method": method, "settings": {}}]
                 for framework, settings_list in TABLE_METHODS[method]:
                     if not available(framework):
                         continue
@@ -665,10 +688,10 @@ def run_table(args) -> None:
                             continue
                         specs.append({"framework": framework, "method": method, "settings": settings})
                 for spec in specs:
-                    spec.update(model=model, onnx=str(onnx_path), inputs=str(x_path), device="cpu", batch=batch, threads=args.threads,
-                                warmups=1 if heavy else 2, warm_batch=min(batch, 2) if heavy else None)
+                    spec.update(warmups=1 if heavy else 2, warm_batch=min(batch, 2) if heavy else None, **common)
                 rounds = args.heavy_repeats if heavy else args.repeats
-                measured = interleaved(specs, rounds)
+                measured = interleaved(specs, rounds, forward)
+                specs.append(forward_spec)
                 load = os.getloadavg()[0]
                 for spec, r in zip(specs, measured):
                     row = {"model": model, "batch": batch, "framework": spec["framework"], "method": spec["method"],
@@ -678,6 +701,10 @@ def run_table(args) -> None:
                     print(f"{model:18s} B={batch:<3d} {spec['framework']:16s} {spec['method']:20s} "
                           f"{json.dumps(spec['settings']):34s} {shown}", flush=True)
                 (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+            peak = forward.finish()
+            for row in results["runs"]:
+                if (row["model"], row["batch"], row["framework"]) == (model, batch, "ort") and "median_ms" in row:
+                    row.update({k: v for k, v in peak.items() if k.startswith("peak")})
     results["load_after"] = os.getloadavg()
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     text = ratio_table(results)
@@ -695,7 +722,10 @@ def ratio_table(results: dict) -> str:
              f"{results['date']} (started {results.get('started_utc', '?')} UTC); {results.get('threads')} compute thread(s) "
              f"in every framework. Medians of {results['rounds']} interleaved "
              f"rounds ({results['heavy_rounds']} for IG / SmoothGrad); onnxsal / forward uses the ORT forward timed in the "
-             "same rounds.", "",
+             "same rounds." + "".join(
+                 f" Added later: {', '.join(part['methods'])} (started {part['started_utc']} UTC, load {part['load_before'][0]:.1f}, "
+                 f"{part['rounds']} / {part['heavy_rounds']} rounds, {part['threads']} thread(s))."
+                 for part in results.get("parts", [])), "",
              "| model | B | method | onnxsal ms | × forward | peer (best setting) | peer ms | onnxsal / peer | peak MB onnxsal / peer |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model in dict.fromkeys(r["model"] for r in runs):

@@ -32,7 +32,8 @@ from typing import Callable
 import onnx
 
 _SIZES: dict[int, int] = {}  # id(model) -> serialized bytes, from the read or write just done (see cached_model)
-FROM_DISK: set[str] = set()  # keys whose model was read from the disk cache in this process (not built here)
+FROM_DISK: set[str] = set()
+_ON_DISK: set[str] = set()  # keys whose model this process read from or wrote to the disk cache, checksum verified  # keys whose model was read from the disk cache in this process (not built here)
 DEFAULT_CACHE_MEMORY = 4 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -85,6 +86,11 @@ class ByteLRU:
             _, (_, size) = self._items.popitem(last=False)
             self.nbytes -= size
         return value
+
+    def size_of(self, key) -> int | None:
+        """Bytes recorded for an entry, or None."""
+        item = self._items.get(key)
+        return item[1] if item is not None else None
 
     def clear(self) -> None:
         self._items.clear()
@@ -162,10 +168,20 @@ def sweep(directory: Path) -> None:
     remove_stale_temporaries(directory, old_style=True)
 
 
+def entry_file(key: str) -> Path | None:
+    """The model file of a disk-cache entry that cached_model just read or wrote in this process, else None."""
+    directory = cache_dir()
+    if directory is None or key not in _ON_DISK:
+        return None
+    path = directory / f"{key}.onnx"
+    return path if path.is_file() else None
+
+
 def drop(key: str) -> None:
     """Forget an entry in memory and on disk (it failed to load into a session)."""
     MEMORY.discard(("model", key))
     FROM_DISK.discard(key)
+    _ON_DISK.discard(key)
     directory = cache_dir()
     if directory is None:
         return
@@ -217,6 +233,7 @@ def cached_model(graph, kind: str, options, build: Callable[[], tuple[onnx.Model
     found = _read(directory, key, outputs) if directory is not None else None
     if found is not None:
         FROM_DISK.add(key)
+        _ON_DISK.add(key)
     else:
         FROM_DISK.discard(key)
         found = build()
@@ -227,6 +244,7 @@ def cached_model(graph, kind: str, options, build: Callable[[], tuple[onnx.Model
                 atomic_write(directory / f"{key}.onnx", data)
                 meta = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "score": found[1], "kind": kind}
                 atomic_write(directory / f"{key}.json", json.dumps(meta).encode())
+                _ON_DISK.add(key)
             except OSError:
                 pass  # a read-only or full cache directory only costs speed
     # the serialized length is the model's ByteSize(), which protobuf would walk every tensor again to compute

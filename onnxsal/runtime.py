@@ -131,10 +131,12 @@ def _size_hint(graph: ModelGraph) -> str:
 class _Runner:
     """One onnxruntime session; outputs are written by onnxruntime straight into caller-owned arrays."""
 
-    def __init__(self, graph: ModelGraph, model, providers):
+    def __init__(self, graph: ModelGraph, model, providers, path=None):
+        """`path`: the model's file in the disk cache, when it has one: onnxruntime reads it itself, sparing a
+        serialized copy of the weights in this process while the session is built."""
         self.graph = graph
         try:
-            self.session = make_session(model.SerializeToString(), providers)
+            self.session = make_session(str(path) if path is not None else model.SerializeToString(), providers)
         except OnnxsalError as exc:
             raise OnnxsalError(f"{exc}{_size_hint(graph)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -222,9 +224,10 @@ class Engine:
         found = cache.MEMORY.get(key)
         if found is None:
             model, score = cache.cached_model(self.graph, kind, options, build, outputs)
+            nbytes = cache.MEMORY.size_of(("model", key[1])) or model.ByteSize()
             before = _resident_bytes()
             try:
-                runner = _Runner(self.graph, model, self.providers)
+                runner = _Runner(self.graph, model, self.providers, path=cache.entry_file(key[1]))
             except OnnxsalError:
                 if key[1] not in cache.FROM_DISK:
                     raise  # a graph built just now: the model's problem, not the cache's
@@ -233,9 +236,14 @@ class Engine:
                 runner = _Runner(self.graph, model, self.providers)
             if key[1] in cache.FROM_DISK:
                 runner.cached_in = cache.cache_dir()
+            # the session is what is reused: the augmented proto need not stay in memory beside it (a second session
+            # of it, for other providers, reads it from the disk cache again)
+            del model
+            if cache.cache_dir() is not None:
+                cache.MEMORY.discard(("model", key[1]))
             # what the session costs: the growth of the resident set while onnxruntime built it (its copies of
             # the initializers, pre-packed weights, arenas), at least twice the model where that cannot be read
-            size = max(_resident_bytes() - before, 2 * model.ByteSize()) if before else 2 * model.ByteSize()
+            size = max(_resident_bytes() - before, 2 * nbytes) if before else 2 * nbytes
             found = cache.MEMORY.put(key, (runner, score), size)
         return found
 

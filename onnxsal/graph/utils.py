@@ -50,8 +50,66 @@ def tensor_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tupl
     return dtypes, shapes
 
 
+_LIGHT_LIMIT = 4096  # float initializers with more elements than this are only typed, not copied, for inference
+
+
+def _light(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
+    """(a copy of the model whose large float initializers are graph inputs of the same type and shape instead,
+    their names); the model itself when it has none."""
+    heavy = {t.name for t in model.graph.initializer
+             if t.data_type in _FLOAT_TENSORS and int(np.prod(t.dims, dtype=np.int64)) > _LIGHT_LIMIT}
+    if not heavy:
+        return model, heavy
+    light = onnx.ModelProto()
+    for desc, value in model.ListFields():  # every field but the graph's initializers, copied field by field
+        if desc.name != "graph":
+            if isinstance(value, (list, tuple)) or hasattr(value, "extend"):
+                getattr(light, desc.name).extend(value)
+            elif desc.message_type is not None:
+                getattr(light, desc.name).CopyFrom(value)
+            else:
+                setattr(light, desc.name, value)
+    for desc, value in model.graph.ListFields():
+        if desc.name == "initializer":
+            light.graph.initializer.extend(t for t in value if t.name not in heavy)
+        elif isinstance(value, (list, tuple)) or hasattr(value, "extend"):
+            getattr(light.graph, desc.name).extend(value)
+        else:
+            setattr(light.graph, desc.name, value)
+    light.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer if t.name in heavy)
+    return light, heavy
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx shape inference with constant propagation through shape arithmetic; never raises."""
+    """onnx shape inference with constant propagation through shape arithmetic; never raises.
+
+    A model with weights gets the inferred value_info in place (and is returned): onnx's inference serializes and
+    parses the whole model several times (a peak of ~4 copies of the weights), so it runs on a copy where the large
+    float initializers are typed graph inputs instead. A model without returns onnx's new model."""
+    light, heavy = _light(model)
+    if not heavy:
+        return _infer_shapes(model)
+    inferred = _infer_shapes(light)
+    if inferred is light:
+        return model  # inference failed: the model as it was
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in heavy)
+    for mine, theirs in zip(model.graph.output, inferred.graph.output):
+        mine.CopyFrom(theirs)
+    return model
+
+
+def inferred_types(model: onnx.ModelProto) -> tuple[dict, dict]:
+    """tensor_types after shape inference, leaving the model as it is (inference on its weightless copy)."""
+    light, _ = _light(model)
+    return tensor_types(_infer_shapes(light))  # onnx's inference returns a new model: `model` is left alone
+
+
+_FLOAT_TENSORS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort; rules fall back to runtime shapes
