@@ -542,12 +542,17 @@ def worker(spec: dict) -> None:
     """A long-lived measuring process: set up, warm up (on at most `warm_batch` samples), then answer the parent's
     commands on stdin: `run` -> the seconds of one call; `peak` -> peak resident MB and its growth over setup."""
     x = np.load(spec["inputs"])
+    t0 = time.perf_counter()
     call = table_call(spec)
+    t1 = time.perf_counter()
     after_setup = rss_mb()
-    for _ in range(spec.get("warmups", 2)):
+    for i in range(spec.get("warmups", 2)):
         call(x[: spec.get("warm_batch") or len(x)])
+        if i == 0:
+            t2 = time.perf_counter()
     reply = sys.stdout
-    reply.write("ready\n")
+    # set-up (Explainer / session / model) and first-call seconds: the fixed cost a fresh process pays
+    reply.write(f"ready {t1 - t0} {t2 - t1 if spec.get('warmups', 2) else 0}\n")
     reply.flush()
     for line in sys.stdin:
         command = line.strip()
@@ -571,8 +576,10 @@ class Worker:
             cmd = [python, str(HERE / "ortt_bench.py"), "--worker", json.dumps(spec)]
         else:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+        env = {**os.environ, **spec["env"]} if spec.get("env") else None
+        self.setup = None
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     bufsize=1)
+                                     bufsize=1, env=env)
         self.times: list[float] = []
         self.error: str | None = None
 
@@ -588,7 +595,9 @@ class Worker:
     def ready(self) -> bool:
         while self.error is None:
             line = self._read()
-            if line == "ready":
+            if line is not None and line.startswith("ready"):
+                parts = line.split()
+                self.setup = [1000 * float(p) for p in parts[1:3]] if len(parts) >= 3 else None
                 return True
         return False
 
@@ -617,7 +626,8 @@ class Worker:
             self.proc.kill()
         if self.error is not None:
             return {"error": self.error}
-        return {"median_ms": 1000 * statistics.median(self.times), "times_ms": [1000 * t for t in self.times], **out}
+        setup = {"setup_ms": self.setup[0], "first_call_ms": self.setup[1]} if self.setup else {}
+        return {"median_ms": 1000 * statistics.median(self.times), "times_ms": [1000 * t for t in self.times], **setup, **out}
 
 
 def interleaved(specs: list[dict], rounds: int, shared: Worker | None = None) -> list[dict]:

@@ -13,7 +13,8 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from ..errors import ModelError
-from .utils import attribute, constants, consumers, default_opset, infer_shapes, inferred_types, producers, tensor_types
+from .utils import (attribute, constants, consumers, default_opset, infer_shapes, inferred_types, producers, tensor_types,
+                    without_initializers)
 
 MIN_OPSET = 17
 BATCH_DIM = "N"
@@ -299,16 +300,7 @@ def fold_constants(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
     # them made canonicalization the peak of a whole explanation (ResNet-50: +470 MB for 100 MB of weights)
     needed = _needed_for(graph, set(candidates))
     read = {i for n in needed for i in n.input} | _subgraph_inputs(needed)
-    probe = onnx.ModelProto()
-    kept = [t for t in graph.initializer if t.name in read]
-    body = graph.initializer
-    graph_initializers = list(body)
-    del body[:]
-    try:
-        probe.CopyFrom(model)
-    finally:
-        body.extend(graph_initializers)
-    probe.graph.initializer.extend(kept)
+    probe = without_initializers(model, keep=read)
     del probe.graph.node[:]
     probe.graph.node.extend(needed)
     from ..safety import fits_budget, sample_bytes
@@ -488,6 +480,10 @@ def _rebatch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     if any(d <= 0 for d in dims[1:]):
         return model
+    from ..safety import fits_budget
+
+    if not fits_budget(8 * 3 * int(np.prod(dims[1:], dtype=np.float64))):
+        return model  # the probe's inputs alone (float64 draws) would not fit: the Engine refuses such a model anyway
     rng = np.random.default_rng(0)
     np_type = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     x0, x1 = (rng.standard_normal([1] + dims[1:]).astype(np_type) for _ in range(2))

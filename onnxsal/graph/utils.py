@@ -53,6 +53,31 @@ def tensor_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tupl
 _LIGHT_LIMIT = 4096  # float initializers with more elements than this are only typed, not copied, for inference
 
 
+def without_initializers(model: onnx.ModelProto, keep=frozenset()) -> onnx.ModelProto:
+    """A copy of the model with only the initializers named in `keep`, made field by field (the others are never
+    copied: CopyFrom then deleting would hold every weight twice)."""
+    out = onnx.ModelProto()
+    for desc, value in model.ListFields():
+        if desc.name == "graph":
+            continue
+        if hasattr(value, "extend"):  # repeated
+            getattr(out, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(out, desc.name).CopyFrom(value)
+        else:
+            setattr(out, desc.name, value)
+    for desc, value in model.graph.ListFields():
+        if desc.name == "initializer":
+            out.graph.initializer.extend(t for t in value if t.name in keep)
+        elif hasattr(value, "extend"):
+            getattr(out.graph, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(out.graph, desc.name).CopyFrom(value)
+        else:
+            setattr(out.graph, desc.name, value)
+    return out
+
+
 def _light(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
     """(a copy of the model whose large float initializers are graph inputs of the same type and shape instead,
     their names); the model itself when it has none."""
@@ -60,22 +85,7 @@ def _light(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
              if t.data_type in _FLOAT_TENSORS and int(np.prod(t.dims, dtype=np.int64)) > _LIGHT_LIMIT}
     if not heavy:
         return model, heavy
-    light = onnx.ModelProto()
-    for desc, value in model.ListFields():  # every field but the graph's initializers, copied field by field
-        if desc.name != "graph":
-            if isinstance(value, (list, tuple)) or hasattr(value, "extend"):
-                getattr(light, desc.name).extend(value)
-            elif desc.message_type is not None:
-                getattr(light, desc.name).CopyFrom(value)
-            else:
-                setattr(light, desc.name, value)
-    for desc, value in model.graph.ListFields():
-        if desc.name == "initializer":
-            light.graph.initializer.extend(t for t in value if t.name not in heavy)
-        elif isinstance(value, (list, tuple)) or hasattr(value, "extend"):
-            getattr(light.graph, desc.name).extend(value)
-        else:
-            setattr(light.graph, desc.name, value)
+    light = without_initializers(model, keep={t.name for t in model.graph.initializer if t.name not in heavy})
     light.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
                              for t in model.graph.initializer if t.name in heavy)
     return light, heavy
