@@ -63,8 +63,11 @@ def test_corrupt_entries_are_rebuilt(fresh_cache, monkeypatch):
     for path in list(fresh_cache.glob("*.json"))[:1]:
         path.write_text("{not json")
     forget(monkeypatch)
-    out = Engine(load_model(zoo_path())).gradients(x, _seed())
+    engine = Engine(load_model(zoo_path()))
+    out = engine.gradients(x, _seed())
     assert np.isfinite(out.input_grad).all()
+    # the forward graph too (the batch probe, which used to read it at every start, now keeps its answer on disk)
+    assert np.isfinite(engine.forward(x)[0]).all()
     for path in fresh_cache.glob("*.onnx"):
         onnx.load(path)  # every entry on disk parses again
 
