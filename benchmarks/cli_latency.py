@@ -36,12 +36,15 @@ def main() -> None:
     parser.add_argument("--methods", default="grad_cam,saliency")
     parser.add_argument("--photo", default=str(ROOT / "model_zoo" / "examples" / "chelsea.png"))
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--source", default="", help="import onnxsal from this other checkout (before/after comparisons)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="onnxsal-latency-"))
-    exe = [sys.executable, "-m", "onnxsal.cli"] if not (Path(sys.executable).parent / "onnxsal").exists() else \
-        [str(Path(sys.executable).parent / "onnxsal")]
+    boot = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+            f"sys.path.insert(0, {args.source!r}); " if args.source else "import sys; ")
+    exe = [sys.executable, "-c", boot + "from onnxsal.cli import main; sys.argv[0] = 'onnxsal'; main()"]
     env = {**os.environ, "ONNXSAL_CACHE_DIR": str(work / "cache")}
-    imports = [timed([sys.executable, "-c", "import onnxsal.cli"], env) for _ in range(args.runs)]
+    imports = [timed([sys.executable, "-c", boot + "import onnxsal.cli; assert onnxsal.cli.__file__.startswith("
+                      f"{args.source!r})"], env) for _ in range(args.runs)]
     print(f"load {os.getloadavg()[0]:.1f}; median of {args.runs} processes")
     print(f"import onnxsal.cli                 {1000 * statistics.median(imports):7.0f} ms")
     for method in args.methods.split(","):

@@ -67,6 +67,9 @@ HEAVY = {"integrated_gradients", "smoothgrad", "occlusion"}
 # NoiseTunnel's nt_samples_batch_size multiplies the batch: at batch 16, 25 samples per run is 400 images at once,
 # beyond this machine's 24 GB; such settings are skipped (and a run killed for memory is recorded as an error)
 MAX_EXPANDED_BATCH = 128
+# per model, where one expanded sample's backward is large: Captum's IG at internal_batch_size=50 on ResNet-50 would
+# hold ~10 GB on a machine shared by several jobs (MobileNetV2 at 50: 4.3 GB measured)
+MAX_EXPANDED_BY_MODEL = {"resnet50": 25}
 
 
 # -- models ---------------------------------------------------------------------------------------------
@@ -483,6 +486,10 @@ def table_call(spec: dict):
         from onnxsal import Explainer
 
         ex = Explainer(spec["onnx"])
+        if spec.get("source"):
+            import onnxsal
+
+            assert onnxsal.__file__.startswith(spec["source"]), onnxsal.__file__
         if method == "input_gradient":
             def grad(x):
                 seeds = np.zeros((len(x), 1000), np.float32)
@@ -538,9 +545,18 @@ def table_call(spec: dict):
     raise RuntimeError(f"no task {framework}/{method}")
 
 
+def use_source(directory: str) -> None:
+    """Import onnxsal from another checkout (a before/after comparison): `directory` holds its onnxsal/ package
+    (with kernels/ and model_zoo/ linked inside it); the editable install's finder is taken out of the way."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, directory)
+
+
 def worker(spec: dict) -> None:
     """A long-lived measuring process: set up, warm up (on at most `warm_batch` samples), then answer the parent's
     commands on stdin: `run` -> the seconds of one call; `peak` -> peak resident MB and its growth over setup."""
+    if spec.get("source"):
+        use_source(spec["source"])
     x = np.load(spec["inputs"])
     t0 = time.perf_counter()
     call = table_call(spec)
@@ -692,7 +708,8 @@ def run_table(args) -> None:
                     if not available(framework):
                         continue
                     for settings in settings_list:
-                        if settings.get("nt_samples_batch_size", 0) * batch > MAX_EXPANDED_BATCH:
+                        most = MAX_EXPANDED_BY_MODEL.get(model, MAX_EXPANDED_BATCH)
+                        if settings.get("nt_samples_batch_size", 0) * batch > most or settings.get("internal_batch_size", 0) > most:
                             continue
                         if settings.get("internal_batch_size", 0) > STEPS * batch:
                             continue
