@@ -13,7 +13,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from ..errors import ModelError
-from .utils import (attribute, constants, consumers, default_opset, infer_shapes, inferred_types, producers, tensor_types,
+from .utils import (attribute, constants, consumers, default_opset, inferred_types, producers,
                     without_initializers)
 
 MIN_OPSET = 17
