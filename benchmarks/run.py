@@ -643,6 +643,8 @@ class Worker:
         if self.error is not None:
             return {"error": self.error}
         setup = {"setup_ms": self.setup[0], "first_call_ms": self.setup[1]} if self.setup else {}
+        if not self.times:  # a worker no method ran beside (e.g. the forward at a batch with nothing to time)
+            return {"error": "no calls", **setup, **out}
         return {"median_ms": 1000 * statistics.median(self.times), "times_ms": [1000 * t for t in self.times], **setup, **out}
 
 
