@@ -1,7 +1,8 @@
 """The onnxruntime-training peer of benchmarks/run.py: input gradient from GradientGraphBuilder's graph.
 
 Runs inside the onnxruntime-training virtual environment (never imports onnxsal). argv[1] is the JSON
-task spec of run.py; prints one JSON line with the median time and memory figures.
+task spec of run.py; prints one JSON line with the median time and memory figures. With `--worker SPEC` it
+answers run.py's interleaved rounds instead (run.py's worker protocol: `run`, `peak`, `quit` on stdin).
 """
 
 import json
@@ -33,7 +34,8 @@ def peak_rss_mb():
 
 
 def main():
-    spec = json.loads(sys.argv[1])
+    worker = sys.argv[1] == "--worker"
+    spec = json.loads(sys.argv[2] if worker else sys.argv[1])
     x = np.load(spec["inputs"])
     model = onnx.load(spec["onnx"])
     g = model.graph
@@ -55,11 +57,26 @@ def main():
     builder.save(path)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if spec.get("threads"):
+        opts.intra_op_num_threads = spec["threads"]
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     after_setup = rss_mb()
     run = lambda: sess.run([f"{inp}_grad"], {inp: x})  # noqa: E731
     for _ in range(2):
         run()
+    if worker:
+        print("ready", flush=True)
+        for line in sys.stdin:
+            if line.strip() == "run":
+                t = time.perf_counter()
+                run()
+                print(time.perf_counter() - t, flush=True)
+            elif line.strip() == "peak":
+                peak = peak_rss_mb()
+                print(json.dumps({"peak_rss_mb": peak, "peak_over_setup_mb": peak - after_setup}), flush=True)
+            else:
+                break
+        return
     times = []
     for _ in range(spec["repeats"]):
         t = time.perf_counter()

@@ -10,6 +10,9 @@ onnxruntime cannot load is rebuilt once, see runtime.py). Temporaries of killed 
 Location: $ONNXSAL_CACHE_DIR, else $XDG_CACHE_HOME/onnxsal, else ~/.cache/onnxsal.
 ONNXSAL_CACHE=0 turns the disk cache off.
 
+Small facts learned by running a model (whether it takes a batch: runtime.check_batching) are kept on disk
+beside its graphs as `<key>.json` records with the same key scheme, so a new process skips the probe.
+
 In memory, everything large the process keeps for reuse (canonical graphs, augmented graphs, onnxruntime
 sessions) shares one least-recently-used store with a byte budget, MEMORY: $ONNXSAL_CACHE_MEMORY
 ("4G", "512M", or bytes; default 4 GiB). A session counts what the process's resident set grew by
@@ -28,7 +31,9 @@ from typing import Callable
 
 import onnx
 
-FROM_DISK: set[str] = set()  # keys whose model was read from the disk cache in this process (not built here)
+_SIZES: dict[int, int] = {}  # id(model) -> serialized bytes, from the read or write just done (see cached_model)
+FROM_DISK: set[str] = set()
+_ON_DISK: set[str] = set()  # keys whose model this process read from or wrote to the disk cache, checksum verified  # keys whose model was read from the disk cache in this process (not built here)
 DEFAULT_CACHE_MEMORY = 4 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -81,6 +86,11 @@ class ByteLRU:
             _, (_, size) = self._items.popitem(last=False)
             self.nbytes -= size
         return value
+
+    def size_of(self, key) -> int | None:
+        """Bytes recorded for an entry, or None."""
+        item = self._items.get(key)
+        return item[1] if item is not None else None
 
     def clear(self) -> None:
         self._items.clear()
@@ -158,10 +168,20 @@ def sweep(directory: Path) -> None:
     remove_stale_temporaries(directory, old_style=True)
 
 
+def entry_file(key: str) -> Path | None:
+    """The model file of a disk-cache entry that cached_model just read or wrote in this process, else None."""
+    directory = cache_dir()
+    if directory is None or key not in _ON_DISK:
+        return None
+    path = directory / f"{key}.onnx"
+    return path if path.is_file() else None
+
+
 def drop(key: str) -> None:
     """Forget an entry in memory and on disk (it failed to load into a session)."""
     MEMORY.discard(("model", key))
     FROM_DISK.discard(key)
+    _ON_DISK.discard(key)
     directory = cache_dir()
     if directory is None:
         return
@@ -186,6 +206,7 @@ def _read(directory: Path, key: str, outputs=()) -> tuple[onnx.ModelProto, str] 
         names = {o.name for o in model.graph.output}
         if meta["score"] not in names or not set(outputs) <= names:
             raise ValueError("entry lacks the outputs asked for")
+        _SIZES[id(model)] = len(data)
         return model, meta["score"]
     except FileNotFoundError:
         return None
@@ -212,15 +233,55 @@ def cached_model(graph, kind: str, options, build: Callable[[], tuple[onnx.Model
     found = _read(directory, key, outputs) if directory is not None else None
     if found is not None:
         FROM_DISK.add(key)
+        _ON_DISK.add(key)
     else:
         FROM_DISK.discard(key)
         found = build()
         if directory is not None:
             try:
                 data = found[0].SerializeToString()
+                _SIZES[id(found[0])] = len(data)
                 atomic_write(directory / f"{key}.onnx", data)
                 meta = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "score": found[1], "kind": kind}
                 atomic_write(directory / f"{key}.json", json.dumps(meta).encode())
+                _ON_DISK.add(key)
             except OSError:
                 pass  # a read-only or full cache directory only costs speed
-    return MEMORY.put(("model", key), found, found[0].ByteSize())
+    # the serialized length is the model's ByteSize(), which protobuf would walk every tensor again to compute
+    size = _SIZES.pop(id(found[0]), None)
+    return MEMORY.put(("model", key), found, size if size is not None else found[0].ByteSize())
+
+
+def read_fact(graph, kind: str, options=()) -> dict | None:
+    """A fact stored by write_fact for this model, options and code version, else None (a bad record is deleted)."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    key = entry_key(graph, kind, options)
+    path = directory / f"{key}.json"
+    try:
+        record = json.loads(path.read_text())
+        if record.get("key") != key or record.get("kind") != kind or not isinstance(record.get("value"), dict):
+            raise ValueError("record made for another key")
+        return record["value"]
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a corrupt record: drop it, the caller measures again
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+
+
+def write_fact(graph, kind: str, value: dict, options=()) -> None:
+    """Store a small JSON fact about this model (see read_fact); a read-only or full cache only costs speed."""
+    directory = cache_dir()
+    if directory is None:
+        return
+    key = entry_key(graph, kind, options)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / f"{key}.json", json.dumps({"key": key, "kind": kind, "value": value}).encode())
+    except OSError:
+        pass

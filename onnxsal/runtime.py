@@ -47,6 +47,10 @@ def session_options():
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # intra-op threads stop spinning when a run ends: an idle spin burns the cores the next session (onnxsal's
+    # forward and gradient sessions alternate, and IG / SmoothGrad chunks overlap numpy work) or another process
+    # needs; measured on a 2-core CPU, a gradient run right after another session's took 1.5-2x longer without it
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     threads = os.environ.get("ONNXSAL_THREADS")
     if threads:
         opts.intra_op_num_threads = int(threads)
@@ -128,10 +132,12 @@ def _size_hint(graph: ModelGraph) -> str:
 class _Runner:
     """One onnxruntime session; outputs are written by onnxruntime straight into caller-owned arrays."""
 
-    def __init__(self, graph: ModelGraph, model, providers):
+    def __init__(self, graph: ModelGraph, model, providers, path=None):
+        """`path`: the model's file in the disk cache, when it has one: onnxruntime reads it itself, sparing a
+        serialized copy of the weights in this process while the session is built."""
         self.graph = graph
         try:
-            self.session = make_session(model.SerializeToString(), providers)
+            self.session = make_session(str(path) if path is not None else model.SerializeToString(), providers)
         except OnnxsalError as exc:
             raise OnnxsalError(f"{exc}{_size_hint(graph)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -183,7 +189,24 @@ class Engine:
             sweep(cache_dir())  # temporaries of killed runs, once per process
         check_model_memory(graph)  # before the first allocation (the batch probe below)
         if graph.batchable is None:
-            check_batching(self)
+            # the probe (a session built and run three times, ~0.1-0.2 s) runs once per model and code version:
+            # its answer is kept in the disk cache beside the augmented graphs
+            known = cache_fact = None
+            if cache_dir() is not None:
+                from .cache import read_fact
+
+                cache_fact = read_fact(graph, "batchable", repr(provider_list(self.providers)))
+                known = cache_fact.get("batchable") if cache_fact else None
+            if isinstance(known, bool):
+                graph.batchable = known
+                if not known:
+                    graph.notes.append(UNBATCHABLE)
+            else:
+                check_batching(self)
+                if cache_dir() is not None:
+                    from .cache import write_fact
+
+                    write_fact(graph, "batchable", {"batchable": bool(graph.batchable)}, repr(provider_list(self.providers)))
         if not graph.batchable:
             warnings.warn(UNBATCHABLE, stacklevel=3)
         budget = GPU_MEMORY_BUDGET if "CUDAExecutionProvider" in self.providers else DEFAULT_MEMORY_BUDGET
@@ -202,9 +225,10 @@ class Engine:
         found = cache.MEMORY.get(key)
         if found is None:
             model, score = cache.cached_model(self.graph, kind, options, build, outputs)
+            nbytes = cache.MEMORY.size_of(("model", key[1])) or model.ByteSize()
             before = _resident_bytes()
             try:
-                runner = _Runner(self.graph, model, self.providers)
+                runner = _Runner(self.graph, model, self.providers, path=cache.entry_file(key[1]))
             except OnnxsalError:
                 if key[1] not in cache.FROM_DISK:
                     raise  # a graph built just now: the model's problem, not the cache's
@@ -213,9 +237,14 @@ class Engine:
                 runner = _Runner(self.graph, model, self.providers)
             if key[1] in cache.FROM_DISK:
                 runner.cached_in = cache.cache_dir()
+            # the session is what is reused: the augmented proto need not stay in memory beside it (a second session
+            # of it, for other providers, reads it from the disk cache again)
+            del model
+            if cache.cache_dir() is not None:
+                cache.MEMORY.discard(("model", key[1]))
             # what the session costs: the growth of the resident set while onnxruntime built it (its copies of
             # the initializers, pre-packed weights, arenas), at least twice the model where that cannot be read
-            size = max(_resident_bytes() - before, 2 * model.ByteSize()) if before else 2 * model.ByteSize()
+            size = max(_resident_bytes() - before, 2 * nbytes) if before else 2 * nbytes
             found = cache.MEMORY.put(key, (runner, score), size)
         return found
 

@@ -334,6 +334,7 @@ def test_probe_draws_float32(tmp_path, monkeypatch):
     from onnxsal.graph import load_model
 
     graph = load_model(tiny_model(tmp_path / "probe-model.onnx", size=(8, 8)))
+    monkeypatch.setenv("ONNXSAL_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: the probe's answer is not on disk
     monkeypatch.setattr(np.random, "default_rng", Spy)
     runtime.Engine(graph)
     assert calls and all(c is np.float32 for c in calls)

@@ -63,8 +63,11 @@ def test_corrupt_entries_are_rebuilt(fresh_cache, monkeypatch):
     for path in list(fresh_cache.glob("*.json"))[:1]:
         path.write_text("{not json")
     forget(monkeypatch)
-    out = Engine(load_model(zoo_path())).gradients(x, _seed())
+    engine = Engine(load_model(zoo_path()))
+    out = engine.gradients(x, _seed())
     assert np.isfinite(out.input_grad).all()
+    # the forward graph too (the batch probe, which used to read it at every start, now keeps its answer on disk)
+    assert np.isfinite(engine.forward(x)[0]).all()
     for path in fresh_cache.glob("*.onnx"):
         onnx.load(path)  # every entry on disk parses again
 
@@ -122,3 +125,28 @@ def test_model_with_external_data(tmp_path, monkeypatch):
     data[4096:4100] = b"\x00\x00\x80\x3f"
     (tmp_path / "external.data").write_bytes(bytes(data))
     assert model_digest(*read_model(path)[:2]) != before
+
+
+def test_batch_probe_answer_is_read_from_disk(fresh_cache, monkeypatch):
+    Engine(load_model(zoo_path()))
+    assert any(p.read_text().find('"batchable"') >= 0 for p in fresh_cache.glob("*.json"))
+    forget(monkeypatch)
+    from onnxsal import runtime
+
+    def no_probe(engine):
+        raise AssertionError("the batch probe ran again instead of reading its answer from the cache")
+
+    monkeypatch.setattr(runtime, "check_batching", no_probe)
+    graph = load_model(zoo_path())
+    assert Engine(graph).batch_size > 1 and graph.batchable is True
+
+
+def test_a_corrupt_probe_record_means_probing_again(fresh_cache, monkeypatch):
+    Engine(load_model(zoo_path()))
+    for path in fresh_cache.glob("*.json"):
+        if '"batchable"' in path.read_text():
+            path.write_text('{"key": "x", "kind": "batchable", "value": {"batchable": false}}')  # made for another key
+    forget(monkeypatch)
+    graph = load_model(zoo_path())
+    Engine(graph)
+    assert graph.batchable is True

@@ -239,7 +239,9 @@ def load_model(
     found = cache.MEMORY.get(key)
     if found is None:
         found = _canonical(proto, data, digest, input_name, output_name, input_shape, protected)
-        cache.MEMORY.put(key, found, found.model.ByteSize())
+        from ..safety import model_bytes
+
+        cache.MEMORY.put(key, found, model_bytes(found))
     return found
 
 

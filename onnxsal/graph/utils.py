@@ -50,8 +50,76 @@ def tensor_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tupl
     return dtypes, shapes
 
 
+_LIGHT_LIMIT = 4096  # float initializers with more elements than this are only typed, not copied, for inference
+
+
+def without_initializers(model: onnx.ModelProto, keep=frozenset()) -> onnx.ModelProto:
+    """A copy of the model with only the initializers named in `keep`, made field by field (the others are never
+    copied: CopyFrom then deleting would hold every weight twice)."""
+    out = onnx.ModelProto()
+    for desc, value in model.ListFields():
+        if desc.name == "graph":
+            continue
+        if hasattr(value, "extend"):  # repeated
+            getattr(out, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(out, desc.name).CopyFrom(value)
+        else:
+            setattr(out, desc.name, value)
+    for desc, value in model.graph.ListFields():
+        if desc.name == "initializer":
+            out.graph.initializer.extend(t for t in value if t.name in keep)
+        elif hasattr(value, "extend"):
+            getattr(out.graph, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(out.graph, desc.name).CopyFrom(value)
+        else:
+            setattr(out.graph, desc.name, value)
+    return out
+
+
+def _light(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
+    """(a copy of the model whose large float initializers are graph inputs of the same type and shape instead,
+    their names); the model itself when it has none."""
+    heavy = {t.name for t in model.graph.initializer
+             if t.data_type in _FLOAT_TENSORS and int(np.prod(t.dims, dtype=np.int64)) > _LIGHT_LIMIT}
+    if not heavy:
+        return model, heavy
+    light = without_initializers(model, keep={t.name for t in model.graph.initializer if t.name not in heavy})
+    light.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer if t.name in heavy)
+    return light, heavy
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx shape inference with constant propagation through shape arithmetic; never raises."""
+    """onnx shape inference with constant propagation through shape arithmetic; never raises.
+
+    A model with weights gets the inferred value_info in place (and is returned): onnx's inference serializes and
+    parses the whole model several times (a peak of ~4 copies of the weights), so it runs on a copy where the large
+    float initializers are typed graph inputs instead. A model without returns onnx's new model."""
+    light, heavy = _light(model)
+    if not heavy:
+        return _infer_shapes(model)
+    inferred = _infer_shapes(light)
+    if inferred is light:
+        return model  # inference failed: the model as it was
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in heavy)
+    for mine, theirs in zip(model.graph.output, inferred.graph.output):
+        mine.CopyFrom(theirs)
+    return model
+
+
+def inferred_types(model: onnx.ModelProto) -> tuple[dict, dict]:
+    """tensor_types after shape inference, leaving the model as it is (inference on its weightless copy)."""
+    light, _ = _light(model)
+    return tensor_types(_infer_shapes(light))  # onnx's inference returns a new model: `model` is left alone
+
+
+_FLOAT_TENSORS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort; rules fall back to runtime shapes
