@@ -224,6 +224,7 @@ def export(model, output, method, raw, top_only, overlay, with_preprocessing, la
     from .autodiff import registry
     from .graph.layers import select_layer
 
+    rules = _lrp_with_bounds(model, rules)
     registry.get(rules)  # an unknown or malformed rule set: one line
     graph, _ = _load(model, size, protected=tuple(l for l in layers if l != "auto"), input_name=input_name,
                      output_name=output_name)
@@ -240,6 +241,30 @@ def export(model, output, method, raw, top_only, overlay, with_preprocessing, la
     for o in augmented.graph.output:
         if o.name in wanted:
             click.echo(f"  output  {o.name}")
+
+
+def _lrp_with_bounds(model, rules: str) -> str:
+    """An lrp:... rule set without low= / high= gets the pixel range of the model's preprocessing (zoo entry or
+    sidecar file), as `explain --method lrp` does, so zB rules need no numbers typed in."""
+    if not rules.startswith("lrp:") or any(k in rules for k in ("low=", "high=")):
+        return rules
+    from pathlib import Path
+
+    from . import zoo
+    from .methods.lrp import pixel_bounds
+    from .preprocess import Preprocessing, sidecar_for
+
+    source, zoo_name = zoo.resolve(model)
+    if zoo_name is not None:
+        prep = Preprocessing.from_dict(zoo.entry(zoo_name)["preprocessing"])
+    else:
+        sidecar = sidecar_for(Path(source)) if isinstance(source, (str, Path)) else None
+        prep = Preprocessing.from_file(sidecar) if sidecar else None
+    bounds = pixel_bounds(prep)
+    if bounds is None:
+        return rules
+    low, high = (",".join(repr(float(v)) for v in b) for b in bounds)
+    return f"{rules};low={low};high={high}"
 
 
 def _floats(text, what):

@@ -484,6 +484,7 @@ def _gap_text(explainer, res, k: int, x) -> str:
     if rel > 0.05:
         hints = {"gradient_shap": "a Monte-Carlo estimate: raise --samples",
                  "deeplift": "ops without a DeepLIFT rule keep their gradient (`onnxsal rules`)",
+                 "deeplift_reveal_cancel": "ops without a DeepLIFT rule keep their gradient (`onnxsal rules`)",
                  "deeplift_shap": "ops without a DeepLIFT rule keep their gradient (`onnxsal rules`)"}
         text += f" [large: {hints.get(res.method, 'raise --steps or pass --tolerance 0.01')}]"
     return text
@@ -657,6 +658,20 @@ def all_methods() -> list[str]:
     return list(METHODS)
 
 
+def _installed(method: str) -> bool:
+    """Whether `method`'s optional packages import; 'all' leaves a method out without them and says so."""
+    import importlib.util
+    import sys
+
+    from .methods import METHODS
+
+    missing = [pip for module, pip in METHODS[method].requires if importlib.util.find_spec(module) is None]
+    if missing:
+        print(f"warning: all: leaving out {method}, which needs {', '.join(missing)} (pip install {' '.join(missing)})",
+              file=sys.stderr)
+    return not missing
+
+
 def parse_methods(values: Sequence[str]) -> list[str]:
     from .methods import METHODS
 
@@ -666,7 +681,7 @@ def parse_methods(values: Sequence[str]) -> list[str]:
             if not name:
                 continue
             if name == "all":
-                names += [m for m in METHODS if m not in names]
+                names += [m for m in METHODS if m not in names and _installed(m)]
                 continue
             if name not in METHODS:
                 raise MethodError(f"unknown method {name!r}; `onnxsal methods` lists them")

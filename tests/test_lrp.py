@@ -604,3 +604,45 @@ def test_zennit_composites(composite, family):
         # zennit's relevance starts from attr_output; onnxsal's from seed * score (the explained score)
         _, want = attributor(xt, lambda y: y * onehot)
     assert max_rel_err(got, want.detach().numpy()) < 1e-4
+
+
+
+def test_rules_accept_the_lrp_prefix_that_export_uses():
+    # README's export spelling 'lrp:epsilon_gamma_box;gamma=0.5' works for explain too (it was refused)
+    from onnxsal import Explainer
+    from onnxsal.preprocess import Preprocessing
+
+    ex = Explainer(export(Net().eval()), preprocessing=Preprocessing(size=16, crop=1.0))
+    x = R.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    want = ex.explain(x, "lrp", target=[2], rules="epsilon_gamma_box;gamma=0.5").maps
+    np.testing.assert_array_equal(ex.explain(x, "lrp", target=[2], rules="lrp:epsilon_gamma_box;gamma=0.5").maps, want)
+    np.testing.assert_array_equal(ex.explain(x, "lrp", target=[2], composite="lrp:epsilon_gamma_box").maps,
+                                  ex.explain(x, "lrp", target=[2], composite="epsilon_gamma_box").maps)
+
+
+def test_cli_export_of_an_lrp_gradient_graph_takes_box_bounds_from_the_preprocessing(tmp_path):
+    # `export --rules lrp:epsilon_gamma_box` refused a model whose preprocessing gives the pixel range (explain
+    # and export --method found it); the bounds now come from the sidecar, equal to typing them in
+    import json
+
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from onnxsal.cli import main
+    from onnxsal.methods.lrp import pixel_bounds
+    from onnxsal.preprocess import Preprocessing
+
+    path = tmp_path / "net.onnx"
+    path.write_bytes(export(Net().eval()))
+    prep = Preprocessing(size=16, crop=1.0)
+    (tmp_path / "net.preprocess.json").write_text(json.dumps(prep.to_dict()))
+    low, high = (",".join(repr(float(v)) for v in b) for b in pixel_bounds(prep))
+    runner = CliRunner()
+    auto = runner.invoke(main, ["export", str(path), "--rules", "lrp:epsilon_gamma_box", "-o", str(tmp_path / "a.onnx")])
+    assert auto.exit_code == 0, auto.output
+    typed = runner.invoke(main, ["export", str(path), "--rules", f"lrp:epsilon_gamma_box;low={low};high={high}",
+                                 "-o", str(tmp_path / "b.onnx")])
+    assert typed.exit_code == 0, typed.output
+    feeds = {"image": R.standard_normal((1, 3, 16, 16)).astype(np.float32), "seed": np.eye(10, dtype=np.float32)[[3]]}
+    run = lambda f: ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(["image_grad"], feeds)[0]
+    np.testing.assert_array_equal(run(tmp_path / "a.onnx"), run(tmp_path / "b.onnx"))

@@ -220,6 +220,9 @@ def test_read_boxes_csv(tmp_path):
     assert got == {"chelsea": [{"label": "cat", "box": [0.0, 0.0, 395.0, 300.0], "imagenet": [281, 282, 285]}],
                    "coffee": [{"label": "cup", "box": [172.0, 18.0, 412.0, 305.0], "imagenet": [967]},
                               {"label": "saucer", "box": [100.0, 200.0, 500.0, 390.0], "imagenet": []}]}
+    # Excel's "CSV UTF-8" starts with a byte-order mark: the same boxes
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert read_boxes(path) == got
     # the JSON shipped with the photos reads to the same boxes as its CSV twin
     from onnxsal import zoo
 

@@ -59,6 +59,7 @@ class Method:
     signed = False
     uses_layer = False
     in_graph_top = False  # accepts seeds=None: the top class chosen inside the gradient graph
+    requires: tuple = ()  # optional packages the method imports: (module, pip name); 'all' skips it without them
     defaults: dict = {}
 
     def __init__(self, explainer, **options):

@@ -41,6 +41,9 @@ class LRP(Method):
         from ..autodiff.rules import lrp
 
         o = dict(self.options)
+        for key in ("rules", "composite"):  # 'lrp:epsilon_gamma_box;...' as `export --rules` spells it
+            if isinstance(o[key], str) and o[key].strip().startswith("lrp:"):
+                o[key] = o[key].strip()[4:]
         if o["rules"] and ";" in o["rules"]:  # 'conv=gamma,dense=epsilon;gamma=0.5': parameters after the rules
             head, *params = o["rules"].split(";")
             try:

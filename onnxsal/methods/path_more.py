@@ -257,6 +257,7 @@ class XRAI(Method):
     description = "XRAI: regions ranked by the density of their Integrated Gradients attribution"
     reference = "Kapishnikov et al. 2019, XRAI: Better Attributions Through Regions, Algorithm 1"
     display = "smooth_from_min"  # region densities, possibly negative: drawn from the minimum, blended whole
+    requires = (("skimage", "scikit-image"),)  # Felzenszwalb segments
     defaults = {"steps": 50, "integration": "gausslegendre", "baseline": ("min", "max"), "segments": None,
                 "area": 1.0, "min_pixels": 50, "batch_size": None}
 

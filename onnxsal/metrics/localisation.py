@@ -106,9 +106,9 @@ def read_boxes(path) -> dict:
     """{image name: [{"label", "box": [x0, y0, x1, y1], "imagenet": [...]}]} from a boxes JSON or CSV file."""
     from ..files import require_regular
 
-    path = require_regular(Path(path), "boxes file")
+    path = require_regular(Path(path), "boxes")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: a spreadsheet's CSV may start with a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the boxes file ({exc})") from None
     if path.suffix.lower() == ".csv":
