@@ -153,13 +153,14 @@ class Explainer:
             shape = (1, 1, 1, channels) if nhwc else (1, channels, 1, 1)
             return [np.broadcast_to(value.reshape(shape), x.shape).astype(np.float32).copy()]
         if spec == "uniform":
-            rng = np.random.default_rng(seed)
+            from .methods.base import image_rngs
+
+            rngs = image_rngs(seed, x)  # per image: its reference does not depend on the other images
             if self.preprocessing is not None:
-                pixels = rng.uniform(0, 255, size=x.shape[:1] + ((*self.graph.spatial_shape, x.shape[3 if nhwc else 1])))
-                values = np.stack([self.preprocessing.normalize(p) for p in pixels])
+                size = (*self.graph.spatial_shape, x.shape[3 if nhwc else 1])
+                values = np.stack([self.preprocessing.normalize(r.uniform(0, 255, size=size)) for r in rngs])
                 return [np.ascontiguousarray(values if nhwc else values.transpose(0, 3, 1, 2), np.float32)]
-            lo, hi = x.min(), x.max()
-            return [rng.uniform(lo, hi, size=x.shape).astype(np.float32)]
+            return [np.stack([r.uniform(xi.min(), xi.max(), size=xi.shape) for r, xi in zip(rngs, x)]).astype(np.float32)]
         return [gaussian_blur(x, blur_sigma, nhwc)]
 
     # -- explaining

@@ -93,10 +93,15 @@ def test_uniform_is_uniform_over_the_pixel_range(layout):
 def test_uniform_without_preprocessing_spans_the_inputs_range():
     bare = Explainer(tiny_onnx.classifier(48, 48))
     x = sample("NCHW", 2, 48, 48) * 3 + 1
+    x[1] = x[1] * 0.5 - 4  # another range: each image's reference spans its own
     (b,) = bare.baselines(x, "uniform")
-    assert b.min() >= x.min() and b.max() <= x.max()
-    assert b.min() < x.min() + 0.01 * np.ptp(x) and b.max() > x.max() - 0.01 * np.ptp(x)
-    assert abs(b.mean() - (x.min() + x.max()) / 2) < 0.02 * np.ptp(x)
+    for bi, xi in zip(b, x):
+        assert bi.min() >= xi.min() and bi.max() <= xi.max()
+        assert bi.min() < xi.min() + 0.01 * np.ptp(xi) and bi.max() > xi.max() - 0.01 * np.ptp(xi)
+        assert abs(bi.mean() - (xi.min() + xi.max()) / 2) < 0.02 * np.ptp(xi)
+    # an image's reference is its own: the same alone as beside another image, in either order
+    np.testing.assert_array_equal(bare.baselines(x[1:], "uniform")[0][0], b[1])
+    np.testing.assert_array_equal(bare.baselines(x[::-1], "uniform")[0][1], b[0])
 
 
 @pytest.mark.parametrize("sigma", [1.0, 2.0, 10.0])

@@ -270,3 +270,20 @@ def test_occlusion_against_a_loop(window, stride, fill):
             np.testing.assert_allclose(res.maps[i], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
         channel = 1 if layout == "NCHW" else 3
         np.testing.assert_array_equal(res.attributions, np.broadcast_to(np.expand_dims(res.maps, channel), x.shape))
+
+
+@pytest.mark.parametrize("method,options", [("smoothgrad", {"samples": 3}), ("vargrad", {"samples": 3}),
+                                            ("gradient_shap", {"samples": 4, "noise_level": 0.1, "baseline": ["zeros", "uniform"]}),
+                                            ("deeplift_shap", {"baseline": ["zeros", "uniform"]})])
+def test_an_images_random_draws_do_not_depend_on_the_other_images(tiny, method, options):
+    # each image draws from its own stream (seed and the image's values): its map is the same alone, after
+    # another image, or in a batch run one sample at a time (the CLI groups a folder's photos by memory budget)
+    layout, ex = tiny
+    x = batch(layout, n=3)
+    together = ex.explain(x, method, target=[1, 2, 3], **options).maps
+    alone = ex.explain(x[2:], method, target=[3], **options).maps
+    np.testing.assert_allclose(alone[0], together[2], rtol=1e-5, atol=1e-7)
+    reordered = ex.explain(x[::-1], method, target=[3, 2, 1], batch_size=1, **options).maps
+    np.testing.assert_allclose(reordered[2], together[0], rtol=1e-5, atol=1e-7)
+    other_seed = ex.explain(x[2:], method, target=[3], seed=1, **options).maps
+    assert not np.allclose(other_seed[0], alone[0])  # the draws do depend on the seed

@@ -89,6 +89,17 @@ class Method:
 REDUCTIONS = ("max_abs", "sum", "abs_sum", "l2", "sum_sq")
 
 
+def image_rngs(seed, x) -> list:
+    """One numpy Generator per image of x (N, ...), seeded by `seed` and the image's own values (CRC-32 of its
+    bytes), so an image's random draws (noise, path points, references) do not depend on the other images in the
+    call or on its place in the batch: a photo gets the same map alone or in a folder. seed None: fresh entropy."""
+    import zlib
+
+    if seed is None:
+        return [np.random.default_rng() for _ in range(len(x))]
+    return [np.random.default_rng([int(seed), zlib.crc32(np.ascontiguousarray(xi).tobytes())]) for xi in x]
+
+
 def reduce_channels(attributions: np.ndarray, layout: str, how: str) -> np.ndarray:
     """(N, H, W) map from (N, C, H, W) or (N, H, W, C) attributions.
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import REDUCTIONS, Attribution, Method, reduce_channels, register
+from .base import REDUCTIONS, Attribution, Method, image_rngs, reduce_channels, register
 from ..errors import MethodError
 
 class _ReferenceMethod(Method):
@@ -186,7 +186,7 @@ class GradientShap(_ReferenceMethod):
     def _draws(self, x, nb):
         """(reference index (N*n,), alpha (N*n,), noise (N*n, ...) or None): given ones replayed, else drawn."""
         n, k = len(x), int(self.options["samples"])
-        rng = np.random.default_rng(self.options["seed"])
+        rngs = image_rngs(self.options["seed"], x)  # per image: its draws do not depend on the other images
 
         def given(key, shape, dtype):
             value = self.options[key]
@@ -199,19 +199,19 @@ class GradientShap(_ReferenceMethod):
 
         choices = given("choices", (n * k,), np.int64)
         if choices is None:
-            choices = rng.integers(0, nb, n * k)
+            choices = np.concatenate([r.integers(0, nb, k) for r in rngs]) if n else np.zeros(0, np.int64)
         elif choices.min() < 0 or choices.max() >= nb:
             raise MethodError(f"choices index the {nb} references: 0..{nb - 1}")
         alphas = given("alphas", (n * k,), np.float64)
         if alphas is None:
-            alphas = rng.uniform(0.0, 1.0, n * k)
+            alphas = np.concatenate([r.uniform(0.0, 1.0, k) for r in rngs]) if n else np.zeros(0)
         noise = given("noise", (n * k,) + x.shape[1:], np.float32)  # else drawn per batch (bounded memory)
-        return choices, alphas, noise, rng
+        return choices, alphas, noise, rngs
 
     def attribute(self, x, seeds, progress=None):
         refs = self.references(x)
         n, nb, k = len(x), refs.shape[1], int(self.options["samples"])
-        choices, alphas, noise, rng = self._draws(x, nb)
+        choices, alphas, noise, rngs = self._draws(x, nb)
         sigma = self._sigma(x)
         total = n * k
         acc = np.zeros((n, int(np.prod(x.shape[1:]))), np.float64)
@@ -223,7 +223,9 @@ class GradientShap(_ReferenceMethod):
             if noise is not None:
                 noisy = noisy + noise[sample]
             elif sigma.any():
-                noisy = noisy + rng.standard_normal(noisy.shape, dtype=np.float32) * sigma[image].reshape(view)
+                draws = np.concatenate([rngs[j].standard_normal((int(np.count_nonzero(image == j)),) + x.shape[1:],
+                                                                dtype=np.float32) for j in np.unique(image)])
+                noisy = noisy + draws * sigma[image].reshape(view)
             base = refs[image, choices[sample]]
             diff = noisy - base
             points = (base + alphas[sample].astype(np.float32).reshape(view) * diff).astype(np.float32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import METHODS, Attribution, Method, reduce_channels, register
+from .base import METHODS, Attribution, Method, image_rngs, reduce_channels, register
 from ..errors import MethodError
 
 
@@ -54,7 +54,7 @@ class SmoothGrad(Method):
 
         n, samples = len(x), int(self.options["samples"])
         sigma = self._sigma(x)
-        rng = np.random.default_rng(self.options["seed"])
+        rngs = image_rngs(self.options["seed"], x)  # each image's noise from its own stream, in sample order
         given = self.options["noise"]
         if given is not None:
             given = np.asarray(given, np.float32).reshape((n * samples,) + x.shape[1:])
@@ -64,8 +64,12 @@ class SmoothGrad(Method):
         for start in range(0, n * samples, batch):
             pairs = np.arange(start, min(n * samples, start + batch))
             owner = pairs // samples  # sample i of image j sits at j * samples + i
-            noise = given[pairs] if given is not None else \
-                rng.standard_normal((len(pairs),) + x.shape[1:], dtype=np.float32) * sigma[owner].reshape((-1,) + (1,) * (x.ndim - 1))
+            if given is not None:
+                noise = given[pairs]
+            else:  # owner is ascending: draw each image's share of this chunk from its stream, in order
+                noise = np.concatenate([rngs[j].standard_normal((int(np.count_nonzero(owner == j)),) + x.shape[1:],
+                                                                dtype=np.float32) for j in np.unique(owner)])
+                noise *= sigma[owner].reshape((-1,) + (1,) * (x.ndim - 1))
             result = self.base.attribute(x[owner] + noise, seeds[owner])
             has_attributions = result.attributions is not None
             values = (result.attributions if has_attributions else result.maps).reshape(len(pairs), -1)
