@@ -522,7 +522,7 @@ def _dense(ex, region, region_mean, box, decoder, score_threshold):
 def _prepare(model, layer, target, target_kind, batch_size, provider, quiet, flags: dict):
     """What explain, compare and batch share: the model's setup, the Explainer (saying what it chose), the
     target and the method options, from the commands' flags."""
-    from .workflow import parse_target
+    from .workflow import parse_target, unused_flags
 
     setup = _setup(model, flags["size"], flags["crop"], flags["mean"], flags["std"], flags["scale"], flags["layout"],
                    flags["bgr"], flags["interpolation"], flags["preprocess_file"], flags["labels_file"], quiet,
@@ -533,6 +533,9 @@ def _prepare(model, layer, target, target_kind, batch_size, provider, quiet, fla
     cli = _cli_options(flags["steps"], flags["tolerance"], flags["baseline"], flags["samples"], flags["noise_level"],
                        flags["base"], flags["window"], flags["stride"], batch_size)
     cli.update(composite=flags["composite"], rules=flags["lrp_rules"])
+    if not quiet:
+        for line in unused_flags(flags.get("chosen") or [], cli):
+            click.echo(line, err=True)
     return setup, ex, goal, cli
 
 

@@ -214,6 +214,18 @@ def method_options(method: str, cli: dict) -> dict:
     return options
 
 
+def unused_flags(methods: Sequence[str], cli: dict) -> list[str]:
+    """One `warning:` line per method flag given that none of `methods` takes (e.g. --composite with grad_cam),
+    instead of ignoring it without a word."""
+    lines = []
+    for flag, value in cli.items():
+        if value is None or flag in ("batch_size", "decoder") or not methods:
+            continue
+        if not any(method_options(m, {flag: value}) for m in methods):
+            lines.append(f"warning: --{flag.replace('_', '-')} applies to none of {', '.join(methods)}; ignored")
+    return lines
+
+
 def baseline_value(text: str | None):
     """A CLI baseline: a name, a number, or several joined by '+' (averaged)."""
     if text is None:

@@ -280,3 +280,16 @@ def test_a_large_completeness_gap_gets_the_methods_own_hint(method, hint):
     res = SimpleNamespace(attributions=np.full((1, 3), 1.0), delta=np.array([1.0]), method=method)
     text = _gap_text(None, res, 0, None)
     assert "(50.0% of F(x) - F(x'))" in text and hint in text
+
+
+def test_a_method_flag_that_no_chosen_method_takes_is_named_not_ignored():
+    # the trial ran `explain --method grad_cam --composite nope --rules x` with exit 0 and no word
+    from onnxsal.workflow import unused_flags
+
+    cli = {"composite": "nope", "rules": "x", "steps": 20, "samples": None, "batch_size": 4, "baseline": "black"}
+    assert unused_flags(["grad_cam"], cli) == [
+        "warning: --composite applies to none of grad_cam; ignored", "warning: --rules applies to none of grad_cam; ignored",
+        "warning: --steps applies to none of grad_cam; ignored", "warning: --baseline applies to none of grad_cam; ignored"]
+    assert unused_flags(["grad_cam", "lrp"], cli) == ["warning: --steps applies to none of grad_cam, lrp; ignored",
+                                                     "warning: --baseline applies to none of grad_cam, lrp; ignored"]
+    assert unused_flags(["integrated_gradients", "lrp", "occlusion"], cli) == []
