@@ -296,6 +296,26 @@ def test_evaluate_with_masks_and_csv(work):
     result = cli("evaluate", "a.png", "b.png", "--model", "tiny.onnx", "--method", "saliency", "--metrics",
                  "energy_pointing_game", "--boxes", "boxes.csv", "--out", "ev2", "-q")
     assert result.exit_code == 0, result.output
+    assert "warning:" not in result.output
+    # a box the centre crop cuts away (photo x 0..4 of a; its crop starts at x 5) scores 0: said, not silent
+    (work / "boxes_out.csv").write_text("image,label,x0,y0,x1,y1\na,cat,0,0,4,30\nb,cup,0,0,15,15\n")
+    result = cli("evaluate", "a.png", "b.png", "--model", "tiny.onnx", "--method", "saliency", "--metrics",
+                 "energy_pointing_game", "--boxes", "boxes_out.csv", "--out", "ev3", "-q")
+    assert result.exit_code == 0, result.output
+    assert ("warning: a.png: the box of cat lies outside the region the model sees (after resize and crop); "
+            "the pointing games score it 0") in result.output
+    assert "b.png: the box" not in result.output
+    # a mask whose object the crop cuts away: the same
+    (work / "masks2").mkdir()
+    cut = np.zeros((30, 40), np.uint8)
+    cut[:, 0:4] = 255
+    Image.fromarray(cut).save(work / "masks2" / "a.png")
+    Image.fromarray(np.full((30, 30), 255, np.uint8)).save(work / "masks2" / "b.png")
+    result = cli("evaluate", "a.png", "b.png", "--model", "tiny.onnx", "--method", "saliency", "--metrics", "localisation",
+                 "--masks", "masks2", "--out", "ev4", "-q")
+    assert result.exit_code == 0, result.output
+    assert "warning: a.png: its mask a.png is empty in the region the model sees" in result.output
+    assert "b.png: its mask" not in result.output
     records = json.loads((work / "ev2" / "evaluation.json").read_text())["records"]
     (ra,) = [r for r in records if r["image"] == "a"]
     np.testing.assert_allclose(ra["boxes"], [[0.0, 0.0, 9.6, 24.0]], rtol=1e-9)  # (17 - 5) * 24 / 30

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..errors import InputError, MethodError
 
 
@@ -37,6 +39,12 @@ def parse_assignments(values) -> tuple[dict, dict]:
         else:
             raise MethodError(f"--set {head}: {name!r} is neither a metric nor a method")
     return settings, options
+
+
+def _warn(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
 
 
 def input_boxes(objects: list[dict], photo_size: tuple, prep) -> list[dict]:
@@ -83,6 +91,12 @@ def evaluate_files(explainer, files: list[Path], methods: list[str], metrics: li
             if objects is None:
                 raise InputError(f"{boxes_file} has no boxes for {file.name} (its images: {', '.join(sorted(known)) or 'none'})")
             boxes = [input_boxes(objects, photo.size, prep)]
+            h, w = explainer.graph.spatial_shape
+            for o in boxes[0]:
+                x0, y0, x1, y1 = o["box"]
+                if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+                    _warn(f"warning: {file.name}: the box of {o.get('label') or 'an object'} lies outside the region "
+                          "the model sees (after resize and crop); the pointing games score it 0")
         masks = None
         if masks_dir is not None:
             mask_photo = load_image(mask_files[stem])
@@ -90,6 +104,9 @@ def evaluate_files(explainer, files: list[Path], methods: list[str], metrics: li
                 raise InputError(f"mask {mask_files[stem].name} is {mask_photo.size[0]}x{mask_photo.size[1]}, the photo "
                                  f"{file.name} is {photo.size[0]}x{photo.size[1]}")
             masks = [input_mask(mask_photo, prep)]
+            if not np.asarray(masks[0]).any():
+                _warn(f"warning: {file.name}: its mask {mask_files[stem].name} is empty in the region the model sees "
+                      "(after resize and crop); the pointing games score it 0")
         result = evaluate(explainer, x, methods, metrics, target, boxes=boxes, masks=masks, options=options, settings=settings,
                           names=[stem], batch_size=batch_size, progress=progress, model=model)
         total.records += result.records
