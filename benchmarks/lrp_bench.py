@@ -20,24 +20,13 @@ import datetime
 import io
 import json
 import os
-import statistics
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-
-
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import timed  # benchmarks/timing.py (the script's own folder is on sys.path)
 
 
 class VGGish(nn.Module):

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
-import time
 import warnings
 
 import importlib.util
@@ -87,6 +85,7 @@ from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lrp_bench import VGGish  # noqa: E402
+from timing import timed  # noqa: E402
 
 from onnxsal.graph import load_model  # noqa: E402
 from onnxsal.runtime import Engine  # noqa: E402
@@ -95,16 +94,6 @@ MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 LOW, HIGH = (0 - MEAN) / STD, (1 - MEAN) / STD
 COMPOSITES = {"epsilon_plus_flat": EpsilonPlusFlat, "epsilon_gamma_box": EpsilonGammaBox,
               "epsilon_alpha2_beta1": EpsilonAlpha2Beta1, "epsilon_plus": EpsilonPlus}
-
-
-def timed(fn, repeats=3):
-    fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return statistics.median(out)
 
 
 def zennit_lrp(model, x, composite, canonizer, dtype, repeats=0):

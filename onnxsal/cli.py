@@ -248,19 +248,11 @@ def _lrp_with_bounds(model, rules: str) -> str:
     sidecar file), as `explain --method lrp` does, so zB rules need no numbers typed in."""
     if not rules.startswith("lrp:") or any(k in rules for k in ("low=", "high=")):
         return rules
-    from pathlib import Path
-
     from . import zoo
+    from .explainer import default_preprocessing
     from .methods.lrp import pixel_bounds
-    from .preprocess import Preprocessing, sidecar_for
 
-    source, zoo_name = zoo.resolve(model)
-    if zoo_name is not None:
-        prep = Preprocessing.from_dict(zoo.entry(zoo_name)["preprocessing"])
-    else:
-        sidecar = sidecar_for(Path(source)) if isinstance(source, (str, Path)) else None
-        prep = Preprocessing.from_file(sidecar) if sidecar else None
-    bounds = pixel_bounds(prep)
+    bounds = pixel_bounds(default_preprocessing(*zoo.resolve(model)))
     if bounds is None:
         return rules
     low, high = (",".join(repr(float(v)) for v in b) for b in bounds)

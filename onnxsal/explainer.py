@@ -23,6 +23,20 @@ from .targets import as_target
 BASELINES = ("black", "zeros", "gray", "mean", "blur", "uniform")
 
 
+def default_preprocessing(source, zoo_name: str | None) -> "Preprocessing | None":
+    """A model's own preprocessing: its zoo entry's, else `<model>.preprocess.json` / `.toml` beside the model
+    file (the CLI's default too), else None."""
+    from . import zoo
+
+    if zoo_name is not None:
+        return Preprocessing.from_dict(zoo.entry(zoo_name)["preprocessing"])
+    if isinstance(source, (str, os.PathLike)):
+        sidecar = sidecar_for(Path(source))
+        if sidecar is not None:
+            return Preprocessing.from_file(sidecar)
+    return None
+
+
 class Explainer:
     """Explanations of one ONNX model.
 
@@ -46,15 +60,10 @@ class Explainer:
         if target_kind not in TARGET_KINDS:
             raise MethodError(f"unknown target_kind {target_kind!r}; choose one of {', '.join(TARGET_KINDS)}")
         source, zoo_name = zoo.resolve(model) if isinstance(model, str) or model is None else (model, None)
+        if preprocessing is None:
+            preprocessing = default_preprocessing(source, zoo_name)
         if zoo_name is not None:
-            entry = zoo.entry(zoo_name)
-            preprocessing = preprocessing if preprocessing is not None else entry["preprocessing"]
             labels = labels if labels is not None else zoo.labels(zoo_name)
-        elif preprocessing is None and isinstance(source, (str, os.PathLike)):
-            # the same default as the CLI: <model>.preprocess.json / .toml beside the model
-            sidecar = sidecar_for(Path(source))
-            if sidecar is not None:
-                preprocessing = Preprocessing.from_file(sidecar)
         if isinstance(preprocessing, dict):
             preprocessing = Preprocessing.from_dict(preprocessing)
         self.zoo_name = zoo_name

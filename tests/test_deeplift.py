@@ -24,6 +24,7 @@ nn = torch.nn
 from onnxsal import Explainer  # noqa: E402
 from onnxsal.autodiff.rules.deeplift import EPS  # noqa: E402
 from onnxsal.errors import MethodError  # noqa: E402
+import torch_models as tm  # noqa: E402
 
 
 def to_onnx(model, shape, opset=17) -> bytes:
@@ -61,15 +62,6 @@ class Residual(nn.Module):
         return self.act(self.bn(self.conv(x)) + x)
 
 
-def _bn_stats(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-    return model.eval()
 
 
 def small_net(kind: str):
@@ -107,8 +99,8 @@ def small_net(kind: str):
     if kind == "relu6":  # activations beyond 6, so that the upper kink matters
         with torch.no_grad():
             layers[0].weight.mul_(8.0)
-    model = _bn_stats(nn.Sequential(*layers))
-    twin = _bn_stats(nn.Sequential(*[ReLU6Twin() if isinstance(l, nn.ReLU6) else l for l in layers]))
+    model = tm.randomize_batchnorm(nn.Sequential(*layers))
+    twin = tm.randomize_batchnorm(nn.Sequential(*[ReLU6Twin() if isinstance(l, nn.ReLU6) else l for l in layers]))
     return model, twin
 
 

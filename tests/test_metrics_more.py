@@ -6,25 +6,14 @@ boxes, the HTML table."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
 import onnxsal
 from onnxsal.metrics import road
 from onnxsal.metrics.runner import Runner
+from test_metrics import linear_model  # x -> Flatten -> Gemm: closed-form deletion and attacks
 from test_metrics_cli import work  # noqa: F401  (the fixture: a tiny Conv model with a sidecar and two photos)
-
-
-def linear_model(weights: np.ndarray, bias: np.ndarray, shape) -> onnx.ModelProto:
-    """x (N, *shape) -> Flatten -> Gemm(weights (K, prod(shape)), bias) -> logits (N, K)."""
-    k = len(weights)
-    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", k])],
-                              [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.astype(np.float32).ravel()),
-                               helper.make_tensor("b", TensorProto.FLOAT, bias.shape, bias.astype(np.float32).ravel())])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 # -- ROAD ---------------------------------------------------------------------------------------------------

@@ -307,7 +307,11 @@ FAMILIES = {
 def build(name: str, seed: int = 0) -> nn.Module:
     """A family's tiny model in eval mode, with non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)
-    model = FAMILIES[name]()
+    return randomize_batchnorm(FAMILIES[name]())
+
+
+def randomize_batchnorm(model: nn.Module) -> nn.Module:
+    """`model` in eval mode with non-trivial BatchNorm statistics and affine parameters (drawn from torch's RNG)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
