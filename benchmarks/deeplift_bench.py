@@ -81,7 +81,9 @@ def main() -> None:
     photos = prep.batch([load_image(zoo.example_image(n)) for n in zoo.EXAMPLES])
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
-        ex = Explainer("mobilenet_v2", batch_size=batch)
+        # runs of up to 16 samples: the SHAP methods stream their (image, reference or sample) pairs in batches of
+        # 16 (Captum runs all of them at once); at batch 1 the single-pass methods run one image all the same
+        ex = Explainer("mobilenet_v2", batch_size=16)
         rng = np.random.default_rng(0)
         x = np.stack([photos[i % len(photos)] for i in range(batch)])
         x = (x + 0.01 * rng.standard_normal(x.shape)).astype(np.float32)

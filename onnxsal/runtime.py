@@ -182,6 +182,7 @@ class Engine:
     def __init__(self, graph: ModelGraph, providers: Sequence[str] | None = None, batch_size: int | None = None):
         self.graph = graph
         self.providers = list(providers) if providers else default_providers()
+        self._reference_uses: dict[str, int] = {}  # reference digest -> calls (folded_reference_runner)
         from .cache import cache_dir, sweep
         from .safety import check_model_memory
 
@@ -254,13 +255,54 @@ class Engine:
         return self._runner("forward", (target_kind, tuple(layers)), lambda: forward_model(self.graph, target_kind, layers),
                             tuple(layers))
 
-    def gradient_runner(self, layers: Sequence[str], ruleset: str, target_kind: str, input_grad: bool,
-                        top: bool = False) -> tuple[_Runner, str]:
+    def _gradient_spec(self, layers: Sequence[str], ruleset: str, target_kind: str, input_grad: bool, top: bool):
+        """(kind, options, build, outputs) of the augmented gradient model, as _runner and cache.cached_model take them."""
         from .autodiff import augment
 
-        return self._runner("gradient", (tuple(layers), ruleset, target_kind, input_grad, top),
-                            lambda: augment.gradient_model(self.graph, layers, ruleset, target_kind, input_grad, top=top),
-                            ([f"{self.graph.input_name}_grad"] if input_grad else []) + [n for l in layers for n in (l, f"{l}_grad")])
+        return ("gradient", (tuple(layers), ruleset, target_kind, input_grad, top),
+                lambda: augment.gradient_model(self.graph, layers, ruleset, target_kind, input_grad, top=top),
+                ([f"{self.graph.input_name}_grad"] if input_grad else []) + [n for l in layers for n in (l, f"{l}_grad")])
+
+    def gradient_runner(self, layers: Sequence[str], ruleset: str, target_kind: str, input_grad: bool,
+                        top: bool = False) -> tuple[_Runner, str]:
+        return self._runner(*self._gradient_spec(layers, ruleset, target_kind, input_grad, top))
+
+    def folded_reference_runner(self, spec: tuple, reference: np.ndarray) -> tuple[_Runner, str] | None:
+        """A session whose reference input is a constant (one sample), so that onnxruntime's constant folding runs
+        the reference forward pass once, when the session is built, instead of in every call: DeepLIFT with the same
+        baseline image after image (black, zeros, a data-set mean) then costs one forward pass less per call.
+
+        Built on the second call with the same reference (one-off references, e.g. each photo's own blur, never
+        pay for a session); kept in the process's byte-bounded session store. None until then."""
+        import copy
+        import hashlib
+
+        from onnx import numpy_helper
+
+        from . import cache
+        from .autodiff.augment import reference_input
+
+        digest = hashlib.blake2b(reference.tobytes(), digest_size=16).hexdigest() + repr(reference.shape)
+        uses = self._reference_uses
+        uses[digest] = uses.pop(digest, 0) + 1
+        while len(uses) > 16:
+            uses.pop(next(iter(uses)))
+        if uses[digest] < 2:
+            return None
+        kind, options, build, outputs = spec
+        key = ("folded-session", cache.entry_key(self.graph, kind, options), digest, repr(provider_list(self.providers)))
+        found = cache.MEMORY.get(key)
+        if found is None:
+            model, score = cache.cached_model(self.graph, kind, options, build, outputs)
+            model = copy.deepcopy(model)
+            name = reference_input(self.graph)
+            kept = [i for i in model.graph.input if i.name != name]
+            del model.graph.input[:]
+            model.graph.input.extend(kept)
+            model.graph.initializer.append(numpy_helper.from_array(reference, name))
+            runner = _Runner(self.graph, model, self.providers)
+            found = cache.MEMORY.put(key, (runner, score), 2 * model.ByteSize())
+        return found
 
     # -- running
     def _check_input(self, x: np.ndarray) -> np.ndarray:
@@ -290,12 +332,13 @@ class Engine:
         return joined[0], dict(zip(layers, joined[1:]))
 
     def _run_chunks(self, runner: _Runner, names: list[str], x: np.ndarray, per_sample: dict,
-                    batch_size: int | None = None) -> list[np.ndarray]:
-        """Outputs `names` for the whole batch, run in chunks; each chunk is written into its slice of the result."""
+                    batch_size: int | None = None, shared: dict | None = None) -> list[np.ndarray]:
+        """Outputs `names` for the whole batch, run in chunks; each chunk is written into its slice of the result.
+        per_sample feeds are sliced like x; shared ones are fed whole to every chunk."""
         whole = runner.allocate(names, len(x)) if x.dtype == np.float32 else None
         parts: list[list] = [[] for _ in names]
         for sl in self.chunks(len(x), batch_size):
-            feeds = {self.graph.input_name: x[sl], **{k: v[sl] for k, v in per_sample.items()}}
+            feeds = {self.graph.input_name: x[sl], **{k: v[sl] for k, v in per_sample.items()}, **(shared or {})}
             if whole is not None:
                 runner.run(names, feeds, into=[a[sl] for a in whole])
             else:
@@ -311,7 +354,8 @@ class Engine:
         """Scores, d sum(seed*score)/dx and the layers' activations and gradients, for one batch (chunked as needed).
 
         seed=None explains each sample's top class, chosen inside the graph (no extra forward pass).
-        reference: the reference input, shaped like x, of rule sets with a reference pass (DeepLIFT's multipliers).
+        reference: the reference input of rule sets with a reference pass (DeepLIFT's multipliers): shaped like x,
+            or one sample (1, ...) that serves every image (its forward pass then runs once per chunk, at batch 1).
         """
         from .autodiff.augment import reference_input
         from .autodiff.registry import needs_reference
@@ -319,19 +363,29 @@ class Engine:
         x = self._check_input(x)
         if needs_reference(ruleset) != (reference is not None):
             raise OnnxsalError(f"the {ruleset} rule set {'needs' if reference is None else 'takes no'} reference input")
-        runner, score = self.gradient_runner(layers, ruleset, target_kind, input_grad, top=seed is None)
+        spec = self._gradient_spec(layers, ruleset, target_kind, input_grad, seed is None)
+        runner, score = self._runner(*spec)
+        folded = None
+        if reference is not None and len(reference) == 1:
+            reference = self._check_input(reference)
+            folded = self.folded_reference_runner(spec, reference)
+            if folded is not None:
+                runner, score = folded
         seed_name = runner.input_names[-1] if seed is not None else None
         names = [score] + ([f"{self.graph.input_name}_grad"] if input_grad else [])
         for layer in layers:
             names += [layer, f"{layer}_grad"]
         per_sample = {} if seed is None else {seed_name: np.asarray(seed, dtype=x.dtype)}
+        shared = {}
         if reference is not None:
             reference = self._check_input(reference)
-            if reference.shape != x.shape:
-                raise InputError(f"the reference input has shape {reference.shape}, the input {x.shape}")
-            per_sample[reference_input(self.graph)] = reference
+            if reference.shape[1:] != x.shape[1:] or len(reference) not in (1, len(x)):
+                raise InputError(f"the reference input has shape {reference.shape}, the input {x.shape}: give one "
+                                 "reference per image or one for all")
+            if folded is None:  # else the session holds it as a constant
+                (shared if len(reference) == 1 else per_sample)[reference_input(self.graph)] = reference
             names.append(f"{score}_reference")
-        joined = self._run_chunks(runner, names, x, per_sample)
+        joined = self._run_chunks(runner, names, x, per_sample, shared=shared)
         out = GradientOutputs(scores=joined[0], input_grad=joined[1] if input_grad else None)
         rest = joined[2:] if input_grad else joined[1:]
         for i, layer in enumerate(layers):

@@ -571,3 +571,66 @@ def test_cli_explain_compare_listings(tmp_path):
         assert name in listed and paper in listed
     rules = runner.invoke(main, ["rules"]).output
     assert "deeplift " in rules and "deeplift_reveal_cancel" in rules
+
+
+# -- one reference for the whole batch, and the reference pass folded into constants ---------------------------
+
+@pytest.mark.parametrize("kind", ["maxpool", "residual", "relu6", "sigmoid", "resnet", "silu"])
+def test_one_reference_serves_the_batch(kind):
+    """A baseline of one sample runs the reference pass at batch 1 and broadcasts it (MaxPool's reference Indices
+    re-offset per sample, SiLU's product rule, the reference score expanded to the batch); the oracle is Captum with
+    that reference repeated for each image. The second call with the same reference runs a session whose reference
+    pass onnxruntime folded into constants: same attributions."""
+    import torch_models
+
+    from onnxsal import cache
+
+    if kind == "resnet":  # overlapping 3x3 stride-2 MaxPool windows: Captum's unpooling differs (test above)
+        model, twin, shape = torch_models.build("resnet"), None, (3, torch_models.SIZE, torch_models.SIZE)
+    elif kind == "silu":
+        model, twin, shape = SiLUNet().eval(), None, (3, 12, 12)
+    else:
+        (model, twin), shape = small_net(kind), (3, 12, 12)
+    x, ref = inputs(3, seed=5, shape=shape)
+    one = ref[:1]
+    ex = Explainer(to_onnx(model, (1, *shape)), batch_size=2)  # chunks of 2 and 1: the shared feed reaches both
+    first = ex.explain(x, "deeplift", target=1, baseline=one[0])
+    assert list(ex.engine._reference_uses.values()) == [1]  # the batch-1 path was taken
+    if twin is not None:
+        theirs, _ = captum_deeplift(twin, x, np.repeat(one, 3, axis=0), 1)
+        assert rel(first.attributions, theirs) <= 1e-4
+    else:  # summation-to-delta against torch's scores
+        with torch.no_grad():
+            gap = (model(torch.as_tensor(x)) - model(torch.as_tensor(one)))[:, 1].numpy()
+        assert np.abs(first.attributions.reshape(3, -1).sum(1) - gap).max() <= 1e-4 * max(1.0, np.abs(gap).max())
+    assert first.delta.shape == (3,) and np.abs(first.delta).max() <= 1e-4 * max(1.0, np.abs(first.scores).max())
+    before = {k for k in cache.MEMORY._items if k[0] == "folded-session"}
+    second = ex.explain(x, "deeplift", target=1, baseline=one[0])
+    assert {k for k in cache.MEMORY._items if k[0] == "folded-session"} - before  # the folded session ran
+    assert rel(second.attributions, first.attributions) <= 1e-5
+    np.testing.assert_allclose(second.delta, first.delta, atol=1e-4 * max(1.0, np.abs(first.scores).max()))
+
+
+def _relu_of_difference():
+    """y0 = ReLU(x1 - x2), y1 = 0: DeepLIFT's attributions are (x - x') * m * (1, -1), m = Delta y0 / Delta(x1 - x2)."""
+    l1, l2 = nn.Linear(2, 1, bias=False), nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        l1.weight[:] = torch.tensor([[1.0, -1.0]])
+        l2.weight[:] = torch.tensor([[1.0], [0.0]])
+    return Explainer(to_onnx(nn.Sequential(l1, nn.ReLU(), l2).eval(), (1, 2)))
+
+
+def test_piecewise_linear_guard_tiny_and_zero_differences():
+    """The ReLU multiplier Delta y / (Delta x + 2^-126): exact at Delta x = 1e-30 (m = 1), 0 where Delta x = 0 exactly
+    though the inputs differ (x = (2, 1), x' = (1, 0): no NaN), and a refusal, not an infinite map, where Delta x
+    = -2^-126 cancels the guard."""
+    ex = _relu_of_difference()
+    x, ref = np.array([[1e-30, 0.0]], np.float32), np.zeros((1, 2), np.float32)
+    np.testing.assert_allclose(ex.explain(x, "deeplift", target=0, baseline=ref).attributions, [[1e-30, 0.0]], rtol=1e-6,
+                               atol=0)
+    x, ref = np.array([[2.0, 1.0]], np.float32), np.array([[1.0, 0.0]], np.float32)
+    assert np.array_equal(ex.explain(x, "deeplift", target=0, baseline=ref).attributions, np.zeros((1, 2), np.float32))
+    tiny = np.finfo(np.float32).tiny
+    x, ref = np.zeros((1, 2), np.float32), np.array([[tiny, 0.0]], np.float32)
+    with pytest.raises(MethodError, match="non-finite attributions"):
+        ex.explain(x, "deeplift", target=0, baseline=ref)

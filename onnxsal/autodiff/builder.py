@@ -579,6 +579,9 @@ def build_gradient_model(
                 raise LayerError(f"cannot add reference input {ref!r} for {name!r}: not a graph input, or the name is taken")
             twin = copy.deepcopy(inputs[name])
             twin.name = ref
+            dims = twin.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value"):  # a batch of its own: one reference broadcast to the batch
+                dims[0].dim_param = f"{ref}_batch"
             graph.input.append(twin)
         reference_pass(emitter, nodes, dict(reference))
 
@@ -612,9 +615,11 @@ def build_gradient_model(
         emitter.nodes.append(helper.make_node("Identity", [g], [grad_name], name=f"{emitter.prefix}/{grad_name}"))
         new_outputs.append(value_info(grad_name, t))
 
-    if reference:  # the score at the reference, for the summation-to-delta gap: <output>_reference
+    if reference:  # the score at the reference, for the summation-to-delta gap: <output>_reference, batched like the
+        # output (a reference of batch 1 serves the whole batch: every reference-pass tensor broadcasts against x's)
         ref_score = f"{output}_reference"
-        emitter.nodes.append(helper.make_node("Identity", [emitter.refs[output]], [ref_score], name=f"{emitter.prefix}/{ref_score}"))
+        emitter.nodes.append(helper.make_node("Expand", [emitter.refs[output], emitter.shape_of(output)], [ref_score],
+                                              name=f"{emitter.prefix}/{ref_score}"))
         new_outputs.append(value_info(ref_score, output))
     if seed_tensor is None:
         graph.input.append(value_info(seed_name, output))

@@ -89,6 +89,24 @@ class _ReferenceMethod(Method):
                            delta=np.asarray(delta, np.float32), info=info)
 
 
+def _check_finite(attributions: np.ndarray, x: np.ndarray, ref: np.ndarray) -> None:
+    """MethodError when multipliers came out infinite or NaN: a non-finite input or reference, or (float32) a unit whose
+    input differs from the reference by less than 2^-102 (see rules/deeplift._rescale_piecewise_linear)."""
+    if np.isfinite(attributions).all():
+        return
+    what = "the input or the reference has non-finite values" if not (np.isfinite(x).all() and np.isfinite(ref).all()) \
+        else "a unit's input at the image and at the reference differ by less than 1e-30"
+    raise MethodError(f"DeepLIFT gave non-finite attributions: {what}; try another baseline (--baseline zeros, gray, "
+                      "blur) or scale the input")
+
+
+def _add_by_image(acc: np.ndarray, image: np.ndarray, rows: np.ndarray) -> None:
+    """acc[image[i]] += rows[i], summed in float64, for ascending image indices (runs of one image's samples): one
+    reduceat instead of np.add.at, which adds row by row (5 ms per 224x224x3 row set here)."""
+    starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]])
+    acc[image[starts]] += np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
+
+
 def _explained(scores: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """sum(seed * score) per sample, float64."""
     return (scores.astype(np.float64) * seeds).reshape(len(scores), -1).sum(axis=1)
@@ -121,7 +139,7 @@ class DeepLiftShap(_ReferenceMethod):
             xs, rs = x[image], np.ascontiguousarray(refs[image, ref], np.float32)
             out = self.ex.gradients(xs, seeds[image], ruleset=self.ruleset, reference=rs)
             contributions = ((xs - rs) * out.input_grad).reshape(len(pair), -1)
-            np.add.at(acc, image, contributions)
+            _add_by_image(acc, image, contributions)
             np.add.at(gap, image, _explained(out.scores, seeds[image]) - _explained(out.reference_scores, seeds[image]))
             if progress:
                 progress(len(pair))
@@ -145,9 +163,13 @@ class DeepLift(DeepLiftShap):
                 seeds = self.goal.seeds(self.ex.engine.forward(x, self.ex.target_kind)[0], self.ex.graph.class_axis)
             return super().attribute(x, seeds, progress)
         ref = np.ascontiguousarray(refs[:, 0], np.float32)
-        out = self.ex.gradients(x, seeds, ruleset=self.ruleset, reference=ref)
+        # one reference for every image (black, zeros, gray, mean, a number, one array): its forward pass runs at
+        # batch 1 and broadcasts against the batch, instead of once per image
+        shared = ref[:1] if len(ref) > 1 and (ref == ref[:1]).all() else ref
+        out = self.ex.gradients(x, seeds, ruleset=self.ruleset, reference=shared)
         seeds = self._seeds(out, seeds)
         attributions = (x - ref) * out.input_grad
+        _check_finite(attributions, x, ref)
         f_x, f_ref = _explained(out.scores, seeds), _explained(out.reference_scores, seeds)
         delta = attributions.reshape(len(x), -1).sum(axis=1, dtype=np.float64) - (f_x - f_ref)
         if progress:
@@ -230,12 +252,19 @@ class GradientShap(_ReferenceMethod):
             diff = noisy - base
             points = (base + alphas[sample].astype(np.float32).reshape(view) * diff).astype(np.float32)
             grads = self.ex.gradients(points, seeds[image]).input_grad
-            np.add.at(acc, image, (diff * grads).reshape(len(sample), -1))
+            _add_by_image(acc, image, (diff * grads).reshape(len(sample), -1))
             if progress:
                 progress(len(sample))
         attributions = (acc / k).reshape(x.shape)
-        f_x = self.ex.score(x, seeds)
-        f_ref = np.mean([self.ex.score(np.ascontiguousarray(refs[:, b], np.float32), seeds) for b in range(nb)], axis=0)
+        # the scores of the images and of their references, batched: chunks of images with their B references
+        f_x, f_ref = np.empty(n), np.empty(n)
+        step = max(1, self._batch() // (1 + nb))
+        for a in range(0, n, step):
+            sl = slice(a, min(n, a + step))
+            both = np.concatenate([x[sl, None], refs[sl]], axis=1).reshape((-1,) + x.shape[1:])
+            scores = self.ex.score(np.ascontiguousarray(both, np.float32),
+                                   np.repeat(seeds[sl], 1 + nb, axis=0)).reshape(-1, 1 + nb)
+            f_x[sl], f_ref[sl] = scores[:, 0], scores[:, 1:].mean(axis=1)
         delta = attributions.reshape(n, -1).sum(axis=1) - (f_x - f_ref)
         return self._finish(x, attributions, delta, {"evaluations": k, "references": nb})
 

@@ -49,10 +49,14 @@ about 6e-8 |y|, so the quotient's relative error is ~6e-8 |y| / |Delta y|), and 
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..registry import REFERENCE_RULESETS, RULES, RULESET_DOCS, rule
 
 EPS = 1e-5
 RULESET = "deeplift"
+# smallest normal number by ONNX element type (FLOAT, DOUBLE): the guard of _rescale_piecewise_linear
+TINY = {1: float(np.finfo(np.float32).tiny), 11: float(np.finfo(np.float64).tiny)}
 
 REFERENCE_RULESETS.add(RULESET)
 RULESET_DOCS[RULESET] = ("Shrikumar et al. 2017 (DeepLIFT, Rescale rule): nonlinearities pass dy * (y - y_ref) / "
@@ -108,10 +112,21 @@ def _rescale(ctx, plain_dx: str, x: str, y: str) -> str:
 def _rescale_piecewise_linear(ctx, x: str, y: str) -> str:
     """dy * Delta y / Delta x where Delta x != 0, else 0 (see the module docstring): on a linear piece y and y_ref
     are x and x_ref times the same slope, so the float32 quotient is exact however small Delta x is; no gradient
-    is needed, and no Where (slow in onnxruntime): Delta y / (Delta x + [Delta x = 0])."""
+    is needed, and no Where (slow in onnxruntime).
+
+    float32 / float64: Delta y / (Delta x + TINY), TINY the smallest normal number (2^-126, 2^-1022). Delta x = 0
+    gives 0 / TINY = 0; where |Delta x| >= 2^24 TINY (2^-102 ~ 2e-31 in float32) the sum rounds back to Delta x and
+    the quotient is exact, 2 ops cheaper per activation than the guard below (Equal, Cast). A nonzero |Delta x|
+    under 2^-102 needs pre-activations under ~1e-24 at both inputs; the method checks that its attributions are
+    finite. Other types (float16: TINY would spoil |Delta x| < 0.1): Delta y / (Delta x + [Delta x = 0])."""
     dx = _delta(ctx, x)
-    zero = ctx.op("Cast", ctx.op("Equal", dx, ctx.constant(0.0, like=dx)), to=ctx.e.dtypes.get(dx, 1))
-    return ctx.mul(ctx.dy(), ctx.op("Div", _delta(ctx, y), ctx.op("Add", dx, zero)))
+    dtype = ctx.e.dtypes.get(dx, 1)
+    tiny = TINY.get(dtype)
+    if tiny is not None:
+        guarded = ctx.op("Add", dx, ctx.constant(tiny, like=dx))
+    else:
+        guarded = ctx.op("Add", dx, ctx.op("Cast", ctx.op("Equal", dx, ctx.constant(0.0, like=dx)), to=dtype))
+    return ctx.mul(ctx.dy(), ctx.op("Div", _delta(ctx, y), guarded))
 
 
 @rule(*RESCALE_OPS, ruleset=RULESET)
@@ -139,12 +154,25 @@ def product(ctx):
             ctx.mul(dy, mean(a)) if ctx.needs(1) else None]
 
 
+def _batched_indices(ctx, indices: str, x: str) -> str:
+    """MaxPool Indices of the reference pass as offsets into x: the reference may be one sample broadcast to the
+    batch (N_ref = 1), whose offsets index sample 0 only. With P = C*H*W of x per sample (row-major Indices, the only
+    storage order supported), offset mod P + n * P for sample n = 0..N-1, shaped (N, C, h, w) like y."""
+    shape = ctx.shape_of(x)
+    rank = ctx.rank(x)
+    per_sample = ctx.op("ReduceProd", ctx.op("Slice", shape, ctx.ints([1]), ctx.ints([rank])), keepdims=1)  # (1,)
+    n = ctx.op("Gather", shape, ctx.constant(0, dtype=np.int64), axis=0)
+    samples = ctx.op("Range", ctx.constant(0, dtype=np.int64), n, ctx.constant(1, dtype=np.int64))  # (N,)
+    offsets = ctx.op("Reshape", ctx.mul(samples, per_sample), ctx.ints([-1] + [1] * (rank - 1)))
+    return ctx.op("Add", ctx.op("Mod", indices, per_sample), offsets)
+
+
 @rule("MaxPool", ruleset=RULESET)
 def max_pool(ctx):
     plain = _plain(ctx)  # also checks the attributes and adds the Indices output
     x, y, dy = ctx.x(), ctx.y(), ctx.dy()
     y_ref = ctx.ref(y)
-    indices, indices_ref = ctx.forward_output(1), ctx.ref_output(1)
+    indices, indices_ref = ctx.forward_output(1), _batched_indices(ctx, ctx.ref_output(1), x)
     top = ctx.op("Max", y, y_ref)
     flat = ctx.ints([-1])
     zeros = ctx.op("Reshape", ctx.zeros_like(x), flat)
