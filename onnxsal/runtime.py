@@ -143,6 +143,7 @@ class _Runner:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_shapes = {o.name: o.shape for o in self.session.get_outputs()}
         self.cached_in = None  # the cache folder the graph was read from, named in run-time errors
+        self.max_batch = 0  # the largest batch run so far (Engine.uniform_batches pads smaller ones up to it)
         self.output_types = {o.name: o.type for o in self.session.get_outputs()}
 
     def allocate(self, names: list[str], batch: int) -> list[np.ndarray] | None:
@@ -183,6 +184,14 @@ class Engine:
         self.graph = graph
         self.providers = list(providers) if providers else default_providers()
         self._reference_uses: dict[str, int] = {}  # reference digest -> calls (folded_reference_runner)
+        # pad every run of a session to the largest batch it has run: onnxruntime's CUDA provider re-plans a graph
+        # whenever the batch shape changes between runs, which cost 0.45-1.5 s per change on an H200 (MobileNetV2
+        # IG-50 in chunks of 8 and a last one of 2: 3.3 s, against 59 ms in one chunk of 50; ResNet-50 gradients of
+        # 27 images as 26 + 1: 475 ms, one run of 27: 26 ms; benchmarks/results/cuda-h200-2026-11-30-chunk-shapes.txt).
+        # On the CPU a change costs nothing measurable, and padding would cost its rows. ONNXSAL_UNIFORM_BATCHES=1/0
+        # forces it on or off (other providers).
+        forced = os.environ.get("ONNXSAL_UNIFORM_BATCHES")
+        self.uniform_batches = forced == "1" if forced in ("0", "1") else "CUDAExecutionProvider" in self.providers
         from .cache import cache_dir, sweep
         from .safety import check_model_memory
 
@@ -339,6 +348,21 @@ class Engine:
         parts: list[list] = [[] for _ in names]
         for sl in self.chunks(len(x), batch_size):
             feeds = {self.graph.input_name: x[sl], **{k: v[sl] for k, v in per_sample.items()}, **(shared or {})}
+            m = sl.stop - sl.start
+            if self.uniform_batches and m < runner.max_batch:
+                # one batch shape per session: the chunk is padded with copies of its last sample, and only its
+                # own rows are kept
+                extra = runner.max_batch - m
+                for k in [self.graph.input_name, *per_sample]:
+                    feeds[k] = np.concatenate([feeds[k], np.repeat(feeds[k][-1:], extra, axis=0)])
+                outputs = [o[:m] for o in runner.run(names, feeds)]
+                for i, o in enumerate(outputs):
+                    if whole is not None:
+                        whole[i][sl] = o
+                    else:
+                        parts[i].append(o)
+                continue
+            runner.max_batch = max(runner.max_batch, m)
             if whole is not None:
                 runner.run(names, feeds, into=[a[sl] for a in whole])
             else:
