@@ -574,3 +574,23 @@ def test_new_setting_refusals(work, args, pattern):
 
     refused(cli("evaluate", "a.png", "--model", "tiny.onnx", "--out", "ev", "-q", *args), pattern)
     assert not (work / "ev").exists()
+
+
+@pytest.mark.parametrize("lo, hi, expected", [
+    (0.0037, 0.7213, [0.0, 0.2, 0.4, 0.6, 0.8]),     # step 0.1 would need 8 intervals, 0.2 needs 4
+    (0.41, 0.43, [0.41, 0.415, 0.42, 0.425, 0.43]),  # 0.001, 0.002, 0.0025 need 20, 10, 8
+    (12.3, 870.0, [0.0, 250.0, 500.0, 750.0, 1000.0]),
+    (-0.2, 0.9, [-0.5, 0.0, 0.5, 1.0]),              # 0.25 needs -1..4: 5 intervals
+    (0.0, 1.0, [0.0, 0.25, 0.5, 0.75, 1.0]),
+])
+def test_plot_axis_ticks_are_round_values_around_the_data(lo, hi, expected):
+    """Curve plots label round values (hand-computed: the smallest step of 1, 2, 2.5, 5 x 10^k with at most 4
+    intervals), not the data's extremes, and the labels carry the decimals the step needs."""
+    from onnxsal.metrics.report import _tick_label, nice_ticks
+
+    ticks = nice_ticks(lo, hi)
+    np.testing.assert_allclose(ticks, expected, atol=1e-12)
+    assert ticks[0] <= lo and ticks[-1] >= hi
+    assert [_tick_label(t, ticks) for t in ticks[:2]] == {0.0037: ["0.0", "0.2"], 0.41: ["0.410", "0.415"],
+                                                          12.3: ["0", "250"], -0.2: ["-0.5", "0.0"],
+                                                          0.0: ["0.00", "0.25"]}[lo]

@@ -86,6 +86,33 @@ def _font(size):
     return font(size)
 
 
+def nice_ticks(lo: float, hi: float, bins: int = 4) -> np.ndarray:
+    """Round tick values covering [lo, hi]: the smallest step of 1, 2, 2.5, 5 or 10 times a power of ten that needs
+    at most `bins` intervals, from floor(lo / step) to ceil(hi / step) steps (the steps of matplotlib's MaxNLocator,
+    which also allows a tick or two beyond the data). The axis then runs from the first tick to the last, instead of
+    labelling the data's extremes (0.0037 .. 0.7213 -> 0, 0.2, .., 0.8)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        hi = lo + 1.0 if np.isfinite(lo) else 1.0
+        lo = lo if np.isfinite(lo) else 0.0
+    raw = (hi - lo) / bins
+    power = 10.0 ** np.floor(np.log10(raw))
+    for factor in (1, 2, 2.5, 5, 10, 20):
+        step = factor * power
+        first, last = np.floor(lo / step + 1e-9), np.ceil(hi / step - 1e-9)
+        if last - first <= bins:
+            return np.round(np.arange(first, last + 1) * step, 12)
+    return np.linspace(lo, hi, bins + 1)
+
+
+def _tick_label(value: float, ticks: np.ndarray) -> str:
+    """As many decimals as the step needs (0.25 -> 2, 0.2 -> 1, 250 -> 0)."""
+    step = float(np.min(np.diff(ticks))) if len(ticks) > 1 else 1.0
+    decimals = 0
+    while decimals < 6 and abs(round(step, decimals) - step) > 1e-9 * max(1.0, abs(step)):
+        decimals += 1
+    return f"{value:.{decimals}f}"
+
+
 def line_panels(panels: list[dict], title: str = "", panel_size=(420, 300)):
     """Side-by-side line plots. panel: {"title", "xlabel", "ylabel", "series": [(label, xs, ys)], "ylim": (lo, hi)?}."""
     from PIL import Image, ImageDraw
@@ -108,9 +135,15 @@ def line_panels(panels: list[dict], title: str = "", panel_size=(420, 300)):
         ys_all = np.concatenate([np.asarray(ys, float) for _, _, ys in panel["series"]]) if panel["series"] else np.zeros(1)
         ys_all = ys_all[np.isfinite(ys_all)] if np.isfinite(ys_all).any() else np.zeros(1)
         xlo, xhi = float(xs_all.min()), float(xs_all.max())
-        ylo, yhi = panel.get("ylim") or (float(ys_all.min()), float(ys_all.max()))
-        if yhi <= ylo:
-            yhi = ylo + 1.0
+        if panel.get("ylim"):
+            ylo, yhi = panel["ylim"]
+            if yhi <= ylo:
+                yhi = ylo + 1.0
+            yticks = nice_ticks(ylo, yhi)
+            yticks = yticks[(yticks >= ylo - 1e-12) & (yticks <= yhi + 1e-12)]
+        else:  # the axis spans round ticks around the data
+            yticks = nice_ticks(float(ys_all.min()), float(ys_all.max()))
+            ylo, yhi = float(yticks[0]), float(yticks[-1])
         if xhi <= xlo:
             xhi = xlo + 1.0
 
@@ -118,10 +151,10 @@ def line_panels(panels: list[dict], title: str = "", panel_size=(420, 300)):
             return (x0 + (xv - xlo) / (xhi - xlo) * (x1 - x0), y1 - (yv - ylo) / (yhi - ylo) * (y1 - y0))
 
         d.text((x0, oy + 8), panel.get("title", ""), fill="black", font=_font(13))
-        for t in np.linspace(ylo, yhi, 5):
+        for t in yticks:
             _, py = to_px(xlo, t)
             d.line([(x0, py), (x1, py)], fill=(230, 230, 230))
-            d.text((ox + 4, py - 7), f"{t:.2f}", fill=(60, 60, 60), font=_font(11))
+            d.text((ox + 4, py - 7), _tick_label(t, yticks), fill=(60, 60, 60), font=_font(11))
         ticks = panel.get("xticks") or [(t, f"{t:.2f}") for t in np.linspace(xlo, xhi, 5)]
         for t, text in ticks:
             px, _ = to_px(t, ylo)
