@@ -202,11 +202,16 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
 
         # the reference pass reads one sample, x_ref = Expand(baseline, (1, C, H, W)), which broadcasts against the
         # batch; with a static input size every input of that pass is a constant, so the runtime folds it when it
-        # loads the graph and each run costs one forward pass less
-        static = all(isinstance(d, int) for d in graph.input_shape[1:])
-        one = ops.const((1, *graph.input_shape[1:]), np.int64) if static else ops.node(
-            "Concat", [ops.const([1], np.int64), ops.node("Slice", [ops.node("Shape", [x]), ops.const([1], np.int64),
-                                                                  ops.const([len(graph.input_shape)], np.int64)])], axis=0)
+        # loads the graph and each run costs one forward pass less. A graph that folds the batch into another axis
+        # cannot broadcast it (Engine.reference_broadcasts): there x_ref = Expand(baseline, Shape(x)).
+        if ex.engine.reference_broadcasts(impl.ruleset, ex.target_kind):
+            static = all(isinstance(d, int) for d in graph.input_shape[1:])
+            one = ops.const((1, *graph.input_shape[1:]), np.int64) if static else ops.node(
+                "Concat", [ops.const([1], np.int64), ops.node("Slice", [ops.node("Shape", [x]), ops.const([1], np.int64),
+                                                                      ops.const([len(graph.input_shape)], np.int64)])],
+                axis=0)
+        else:
+            one = ops.node("Shape", [x])
         ops.nodes.append(helper.make_node("Expand", [ops.const(reference), one], [reference_input(graph)],
                                           name="export/deeplift/reference"))
         attributions = ops.mul(ops.sub(x, reference), f"{x}_grad")  # (x - x') * multipliers

@@ -190,6 +190,9 @@ class Engine:
         # 27 images as 26 + 1: 475 ms, one run of 27: 26 ms; benchmarks/results/cuda-h200-2026-11-30-chunk-shapes.txt).
         # On the CPU a change costs nothing measurable, and padding would cost its rows. ONNXSAL_UNIFORM_BATCHES=1/0
         # forces it on or off (other providers).
+        # does a reference of batch 1 broadcast against the batch in this graph (None: not tried yet)? Not where the
+        # graph folds the batch into another axis; Engine.gradients then gives each image its copy
+        self.shared_reference: bool | None = None
         forced = os.environ.get("ONNXSAL_UNIFORM_BATCHES")
         self.uniform_batches = forced == "1" if forced in ("0", "1") else "CUDAExecutionProvider" in self.providers
         from .cache import cache_dir, sweep
@@ -276,6 +279,15 @@ class Engine:
                         top: bool = False) -> tuple[_Runner, str]:
         return self._runner(*self._gradient_spec(layers, ruleset, target_kind, input_grad, top))
 
+    def reference_broadcasts(self, ruleset: str, target_kind: str = "logit") -> bool:
+        """Whether a reference of batch 1 serves a batch in this graph (Engine.shared_reference), trying a batch of 2
+        once if no call has told yet. False where the graph folds the batch into another axis."""
+        if self.shared_reference is None and self.graph.batchable:
+            shape = tuple(self.graph.input_shape[1:])
+            x = np.random.default_rng(0).standard_normal((2, *shape), dtype=np.float32)
+            self.gradients(x, None, ruleset=ruleset, target_kind=target_kind, reference=np.zeros((1, *shape), np.float32))
+        return self.shared_reference is not False
+
     def folded_reference_runner(self, spec: tuple, reference: np.ndarray) -> tuple[_Runner, str] | None:
         """A session whose reference input is a constant (one sample), so that onnxruntime's constant folding runs
         the reference forward pass once, when the session is built, instead of in every call: DeepLIFT with the same
@@ -310,7 +322,11 @@ class Engine:
             model.graph.input.extend(kept)
             model.graph.initializer.append(numpy_helper.from_array(reference, name))
             runner = _Runner(self.graph, model, self.providers)
-            found = cache.MEMORY.put(key, (runner, score), 2 * model.ByteSize())
+            size = 2 * model.ByteSize()
+            del model
+            if cache.cache_dir() is not None:  # as _runner: the unfolded proto can be read from disk again
+                cache.MEMORY.discard(("model", cache.entry_key(self.graph, kind, options)))
+            found = cache.MEMORY.put(key, (runner, score), size)
         return found
 
     # -- running
@@ -324,10 +340,11 @@ class Engine:
 
         return np.ascontiguousarray(x, dtype=helper.tensor_dtype_to_np_dtype(self.graph.input_dtype))
 
+    def _chunk_size(self, batch_size: int | None = None) -> int:
+        return 1 if not self.graph.batchable else max(1, batch_size or self.batch_size)
+
     def chunks(self, n: int, batch_size: int | None = None):
-        size = max(1, batch_size or self.batch_size)
-        if not self.graph.batchable:
-            size = 1
+        size = self._chunk_size(batch_size)
         for start in range(0, n, size):
             yield slice(start, min(n, start + size))
 
@@ -349,10 +366,11 @@ class Engine:
         for sl in self.chunks(len(x), batch_size):
             feeds = {self.graph.input_name: x[sl], **{k: v[sl] for k, v in per_sample.items()}, **(shared or {})}
             m = sl.stop - sl.start
-            if self.uniform_batches and m < runner.max_batch:
-                # one batch shape per session: the chunk is padded with copies of its last sample, and only its
-                # own rows are kept
-                extra = runner.max_batch - m
+            # one batch shape per session: the chunk is padded with copies of its last sample, and only its own rows
+            # are kept; never beyond this engine's chunk size (the session may be another Explainer's too)
+            pad_to = min(runner.max_batch, self._chunk_size(batch_size))
+            if self.uniform_batches and m < pad_to:
+                extra = pad_to - m
                 for k in [self.graph.input_name, *per_sample]:
                     feeds[k] = np.concatenate([feeds[k], np.repeat(feeds[k][-1:], extra, axis=0)])
                 outputs = [o[:m] for o in runner.run(names, feeds)]
@@ -387,11 +405,17 @@ class Engine:
         x = self._check_input(x)
         if needs_reference(ruleset) != (reference is not None):
             raise OnnxsalError(f"the {ruleset} rule set {'needs' if reference is None else 'takes no'} reference input")
+        if reference is not None:
+            reference = self._check_input(reference)
+            if reference.shape[1:] != x.shape[1:] or len(reference) not in (1, len(x)):
+                raise InputError(f"the reference input has shape {reference.shape}, the input {x.shape}: give one "
+                                 "reference per image or one for all")
+            if len(reference) == 1 < len(x) and self.shared_reference is False:
+                reference = np.repeat(reference, len(x), axis=0)
         spec = self._gradient_spec(layers, ruleset, target_kind, input_grad, seed is None)
         runner, score = self._runner(*spec)
         folded = None
         if reference is not None and len(reference) == 1:
-            reference = self._check_input(reference)
             folded = self.folded_reference_runner(spec, reference)
             if folded is not None:
                 runner, score = folded
@@ -402,14 +426,21 @@ class Engine:
         per_sample = {} if seed is None else {seed_name: np.asarray(seed, dtype=x.dtype)}
         shared = {}
         if reference is not None:
-            reference = self._check_input(reference)
-            if reference.shape[1:] != x.shape[1:] or len(reference) not in (1, len(x)):
-                raise InputError(f"the reference input has shape {reference.shape}, the input {x.shape}: give one "
-                                 "reference per image or one for all")
             if folded is None:  # else the session holds it as a constant
                 (shared if len(reference) == 1 else per_sample)[reference_input(self.graph)] = reference
             names.append(f"{score}_reference")
-        joined = self._run_chunks(runner, names, x, per_sample, shared=shared)
+        broadcast = reference is not None and len(reference) == 1 < len(x) and self._chunk_size() > 1
+        try:
+            joined = self._run_chunks(runner, names, x, per_sample, shared=shared)
+        except OnnxsalError:
+            if not broadcast:
+                raise
+            # a graph that folds the batch into another axis ((N*C, ...) reshapes, Swin's windows, video frames)
+            # cannot broadcast a reference pass run at batch 1: from now on this engine gives each image its copy
+            self.shared_reference = False
+            return self.gradients(x, seed, layers, ruleset, target_kind, input_grad, np.repeat(reference, len(x), axis=0))
+        if broadcast:
+            self.shared_reference = True
         out = GradientOutputs(scores=joined[0], input_grad=joined[1] if input_grad else None)
         rest = joined[2:] if input_grad else joined[1:]
         for i, layer in enumerate(layers):

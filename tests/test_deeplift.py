@@ -634,3 +634,51 @@ def test_piecewise_linear_guard_tiny_and_zero_differences():
     x, ref = np.zeros((1, 2), np.float32), np.array([[tiny, 0.0]], np.float32)
     with pytest.raises(MethodError, match="non-finite attributions"):
         ex.explain(x, "deeplift", target=0, baseline=ref)
+
+
+class _BatchIntoRows(nn.Module):
+    """A graph that folds the batch into another axis before a nonlinearity: (N, 4, 8, 8) -> (N*4, 64) -> ReLU, or
+    -> (N*4, 1, 8, 8) -> MaxPool; a reference pass at batch 1 has 4 rows there, which do not broadcast against 4N."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(256 if kind == "relu" else 64, 3)
+
+    def forward(self, x):
+        h, n = self.conv(x), x.shape[0]
+        if self.kind == "relu":
+            return self.fc(torch.relu(h.reshape(-1, 64)).reshape(n, -1))
+        return self.fc(nn.functional.max_pool2d(h.reshape(-1, 1, 8, 8), 2).reshape(n, -1))
+
+
+@pytest.mark.parametrize("kind", ["relu", "maxpool"])
+def test_batch_folded_into_another_axis_falls_back_to_one_reference_per_image(kind):
+    """Found in review: with one shared baseline such graphs failed in onnxruntime. The engine now gives each image its
+    copy of the reference (once it has seen the broadcast fail), and export keeps Expand(baseline, Shape(x)) there;
+    the oracle is summation-to-delta against torch and the per-image result."""
+    torch.manual_seed(0)
+    model = _BatchIntoRows(kind).eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    one = (0.3 * rng.standard_normal((3, 8, 8))).astype(np.float32)
+    ex = Explainer(to_onnx(model, (1, 3, 8, 8)), batch_size=4)
+    shared = ex.explain(x, "deeplift", target=1, baseline=one)
+    assert ex.engine.shared_reference is False
+    per_image = Explainer(to_onnx(model, (1, 3, 8, 8)), batch_size=4).explain(x, "deeplift", target=1,
+                                                                              baseline=np.repeat(one[None], 3, axis=0))
+    assert rel(shared.attributions, per_image.attributions) <= 1e-6
+    with torch.no_grad():
+        gap = (model(torch.as_tensor(x)) - model(torch.as_tensor(one[None])))[:, 1].numpy()
+    assert np.abs(shared.attributions.reshape(3, -1).sum(1) - gap).max() <= 1e-4 * max(1.0, np.abs(gap).max())
+    assert ex.engine.reference_broadcasts("deeplift") is False
+    import onnxruntime as ort
+
+    from onnxsal.export import export_model
+
+    fresh = Explainer(to_onnx(model, (1, 3, 8, 8)), batch_size=4)
+    exported = export_model(fresh, "deeplift", normalize=False, class_input=False, baseline=0.0)
+    session = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
+    heat = session.run(None, {session.get_inputs()[0].name: x})[2]
+    np.testing.assert_allclose(heat, fresh.explain(x, "deeplift", target="top", baseline=0.0).maps, rtol=1e-4,
+                               atol=1e-6 * np.abs(heat).max())

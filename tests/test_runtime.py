@@ -46,3 +46,19 @@ def test_uniform_batches_from_the_environment(monkeypatch):
     assert onnxsal.Explainer(classifier()).engine.uniform_batches is True
     monkeypatch.setenv("ONNXSAL_UNIFORM_BATCHES", "0")
     assert onnxsal.Explainer(classifier()).engine.uniform_batches is False
+
+
+def test_uniform_batches_never_pad_beyond_this_engines_chunk_size():
+    """Found in review: sessions are shared by the Explainers of one model in a process; one that ran batches of 16
+    must not make another, given batch_size=2 (to fit the GPU), run 16."""
+    x = np.random.default_rng(0).standard_normal((16, 3, 24, 24)).astype(np.float32)
+    big = onnxsal.Explainer(classifier(), batch_size=16)
+    big.engine.uniform_batches = True
+    big.explain(x, "saliency", target=1)
+    small = onnxsal.Explainer(classifier(), batch_size=2)
+    small.engine.uniform_batches = True
+    runner, _ = small.engine.gradient_runner((), "gradient", small.target_kind, True)
+    seen: list = []
+    _spy(runner, seen)
+    small.gradients(x[:3], np.eye(5, dtype=np.float32)[[1, 1, 1]])
+    assert seen == [2, 2]

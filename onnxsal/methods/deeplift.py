@@ -91,13 +91,14 @@ class _ReferenceMethod(Method):
 
 def _check_finite(attributions: np.ndarray, x: np.ndarray, ref: np.ndarray) -> None:
     """MethodError when multipliers came out infinite or NaN: a non-finite input or reference, or (float32) a unit whose
-    input differs from the reference by less than 2^-102 (see rules/deeplift._rescale_piecewise_linear)."""
+    input differs from the reference by less than 2^-101 (see rules/deeplift._rescale_piecewise_linear)."""
     if np.isfinite(attributions).all():
         return
     what = "the input or the reference has non-finite values" if not (np.isfinite(x).all() and np.isfinite(ref).all()) \
-        else "a unit's input at the image and at the reference differ by less than 1e-30"
-    raise MethodError(f"DeepLIFT gave non-finite attributions: {what}; try another baseline (--baseline zeros, gray, "
-                      "blur) or scale the input")
+        else ("an infinite or NaN weight or activation, or a unit whose input at the image and at the reference "
+              "differ by less than 1e-30")
+    raise MethodError(f"DeepLIFT gave non-finite attributions ({what}); check the model's outputs, or try another "
+                      "baseline (--baseline zeros, gray, blur)")
 
 
 def _add_by_image(acc: np.ndarray, image: np.ndarray, rows: np.ndarray) -> None:

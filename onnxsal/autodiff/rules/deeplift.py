@@ -115,10 +115,10 @@ def _rescale_piecewise_linear(ctx, x: str, y: str) -> str:
     is needed, and no Where (slow in onnxruntime).
 
     float32 / float64: Delta y / (Delta x + TINY), TINY the smallest normal number (2^-126, 2^-1022). Delta x = 0
-    gives 0 / TINY = 0; where |Delta x| >= 2^24 TINY (2^-102 ~ 2e-31 in float32) the sum rounds back to Delta x and
-    the quotient is exact, 2 ops cheaper per activation than the guard below (Equal, Cast). A nonzero |Delta x|
-    under 2^-102 needs pre-activations under ~1e-24 at both inputs; the method checks that its attributions are
-    finite. Other types (float16: TINY would spoil |Delta x| < 0.1): Delta y / (Delta x + [Delta x = 0])."""
+    gives 0 / TINY = 0; where |Delta x| >= 2^25 TINY (2^-101 ~ 4e-31 in float32; at 2^24 TINY it is a tie, rounded
+    to even) the sum rounds back to Delta x and the quotient is exact, 2 ops cheaper per activation than the guard
+    below (Equal, Cast). A nonzero |Delta x| under 2^-101 needs pre-activations under ~1e-24 at both inputs; the
+    method checks that its attributions are finite. Other types (float16: TINY would spoil |Delta x| < 0.1): Delta y / (Delta x + [Delta x = 0])."""
     dx = _delta(ctx, x)
     dtype = ctx.e.dtypes.get(dx, 1)
     tiny = TINY.get(dtype)
