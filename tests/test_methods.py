@@ -92,6 +92,22 @@ def test_guided_grad_cam(resnet):
     close(ex.explain(X, "guided_grad_cam", target=TARGETS).attributions, theirs.detach().numpy())
 
 
+def test_guided_grad_cam_with_relus_after_the_layer(resnet):
+    """The default layer (layer2) feeds only pooling and the linear head, so one guided-backprop run gives both halves
+    (shares_forward); below a ReLU the guided layer gradient differs from Grad-CAM's, and two runs are needed. Both
+    against Captum's GuidedGradCam on that layer."""
+    from captum.attr import GuidedGradCam
+
+    from onnxsal.methods.cam import GuidedGradCAM
+
+    model, first = resnet
+    assert GuidedGradCAM(first).shares_forward()
+    ex = Explainer(tm.export(model, "torchscript"), layer="/layer1/relu/Relu_output_0")
+    assert not GuidedGradCAM(ex).shares_forward()
+    theirs = GuidedGradCam(model, model.layer1).attribute(torch.from_numpy(X), target=TARGETS, interpolate_mode="bilinear")
+    close(ex.explain(X, "guided_grad_cam", target=TARGETS).attributions, theirs.detach().numpy())
+
+
 def _layer_tensors(ex):
     seeds = np.zeros((2, tm.CLASSES), np.float32)
     seeds[[0, 1], TARGETS] = 1

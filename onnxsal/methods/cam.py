@@ -289,12 +289,49 @@ class GuidedGradCAM(Method):
     def attribute(self, x, seeds, progress=None):
         if self.options["reduce"] not in REDUCTIONS:
             raise MethodError(f"unknown reduce {self.options['reduce']!r}; choose one of {', '.join(REDUCTIONS)}")
-        grad_cam = GradCAM(self.ex).attribute(x, seeds)
-        cam = grad_cam.maps
-        guided = self.ex.gradients(x, seeds, ruleset="guided_backprop").input_grad
+        layer = self.ex.layer
+        if self.shares_forward():
+            # one run: guided backprop's input gradient and, from the same backward, the layer's gradient, which
+            # equals the plain one because no ReLU-like op lies between the layer and the score
+            out = self.ex.gradients(x, seeds, layers=[layer.tensor], ruleset="guided_backprop")
+            a, g = layer.as_nchw(out.activations[layer.tensor]), layer.as_nchw(out.layer_grads[layer.tensor])
+            small = GradCAM(self.ex).cam_map(a, g, seeds)
+            cam = pp.upsample(pp.NUMPY, small, small.shape[1:], self.ex.graph.spatial_shape)
+            guided, scores = out.input_grad, out.scores
+        else:  # Grad-CAM's plain layer gradient and guided backprop's input gradient: two runs
+            grad_cam = GradCAM(self.ex).attribute(x, seeds)
+            cam, scores = grad_cam.maps, grad_cam.scores
+            guided = self.ex.gradients(x, seeds, ruleset="guided_backprop").input_grad
         product = pp.guided_product(pp.NUMPY, to_nchw(guided, self.layout), cam)
         attributions = from_nchw(product, self.layout)
         if progress:
             progress(len(x))
         return Attribution(maps=reduce_channels(attributions, self.layout, self.options["reduce"]), attributions=attributions,
-                           scores=grad_cam.scores)
+                           scores=scores)
+
+    def shares_forward(self) -> bool:
+        """True when no op that guided backprop changes (ReLU-like: RELU_LIKE_BACKWARD) is downstream of the layer,
+        so that its gradient under guided backprop is Grad-CAM's (usually: the last conv block, then pooling and a
+        linear head); one forward and backward then serve both halves."""
+        from ..autodiff.rules.activation import RELU_LIKE_BACKWARD
+
+        cached = getattr(self.ex.graph, "_guided_shares_forward", {})
+        tensor = self.ex.layer.tensor
+        if tensor not in cached:
+            consumers: dict[str, list] = {}
+            for node in self.ex.graph.model.graph.node:
+                for i in node.input:
+                    consumers.setdefault(i, []).append(node)
+            seen, todo, plain = set(), [tensor], True
+            while todo and plain:
+                for node in consumers.get(todo.pop(), []):
+                    if id(node) in seen:
+                        continue
+                    seen.add(id(node))
+                    plain = node.op_type not in RELU_LIKE_BACKWARD
+                    todo.extend(node.output)
+                    if not plain:
+                        break
+            cached[tensor] = plain
+            self.ex.graph._guided_shares_forward = cached
+        return cached[tensor]
