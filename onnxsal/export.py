@@ -145,11 +145,18 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         model, score = forward_model(graph, ex.target_kind)
         seed = None
         second, _, seed2 = _gradient_part(ex, [], "gradient", input_grad=True, prefix="ig/", input_from="export/ig/points")
+    elif method == "guided_grad_cam" and impl.shares_forward():
+        # no ReLU-like op after the layer: guided backprop's backward also gives Grad-CAM's layer gradient, so one
+        # forward and backward serve both halves (methods/cam.py GuidedGradCAM.shares_forward)
+        layer = ex.layer
+        model, score, seed = _gradient_part(ex, [layer.tensor], "guided_backprop", input_grad=True)
+        guided_grad = f"{x}_grad"
     elif method in CAM_FAMILY or method == "guided_grad_cam":
         layer = ex.layer
         model, score, seed = _gradient_part(ex, [layer.tensor], "gradient", input_grad=False)
         if method == "guided_grad_cam":
             second, _, seed2 = _gradient_part(ex, [], "guided_backprop", input_grad=True, prefix="guided/")
+            guided_grad = f"guided/{x}_grad"
     elif method in DEEPLIFT_FAMILY:
         reference = _constant_baseline(ex, impl.options["baseline"], "DeepLIFT")
         model, score, seed = _gradient_part(ex, [], impl.ruleset, input_grad=True)
@@ -184,7 +191,7 @@ def export_model(ex, method: str = "grad_cam", *, normalize: bool = True, class_
         h, w = layer.spatial
         heat = pp.upsample(ops, small, (h, w), (height, width))
         if method == "guided_grad_cam":
-            guided = _to_nchw(ops, f"guided/{x}_grad", layout)
+            guided = _to_nchw(ops, guided_grad, layout)
             product = pp.guided_product(ops, guided, heat)
             heat = pp.reduce_channels(ops, product, impl.options["reduce"], 1)
     elif method == "integrated_gradients":

@@ -236,3 +236,19 @@ def test_exported_model_with_preprocessing_takes_raw_pixels(mobilenet):
     _, target, heat = session.run(None, {"image": np.asarray(photo)[None], "class": np.array([-1], np.int64)})
     res, want = python_heatmap(ex, ex.preprocessing.batch([photo]), "grad_cam")
     assert target[0] == res.targets[0] and np.abs(heat - want).max() < 0.1
+
+
+def test_guided_grad_cam_one_or_two_backward_passes():
+    """The exported Guided Grad-CAM uses one guided backward pass where no ReLU-like op follows the layer (the
+    resnet fixture's default layer) and two where one does (layer1); both equal the Python API, itself checked
+    against Captum in test_methods.py."""
+    from onnxsal.methods.cam import GuidedGradCAM
+
+    model = tm.build("resnet")
+    x = np.random.default_rng(7).standard_normal((2, 3, tm.SIZE, tm.SIZE)).astype(np.float32)
+    for layer, shared in (("auto", True), ("/layer1/relu/Relu_output_0", False)):
+        ex = Explainer(tm.export(model, "torchscript", dynamic=True), layer=layer)
+        assert GuidedGradCAM(ex).shares_forward() is shared
+        exported = ex.export(None, "guided_grad_cam")
+        assert any(n.name.startswith("guided/") for n in exported.graph.node) is not shared
+        check(ex, x, "guided_grad_cam")
