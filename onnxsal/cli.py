@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from math import isfinite
 
 import click
 
-from .errors import OnnxsalError
+from .errors import InputError, OnnxsalError
 
 
 class Refusal(click.ClickException):
@@ -176,6 +175,9 @@ def inspect(model, size, input_name, output_name, all_layers, as_json):
 @click.option("--with-preprocessing", is_flag=True,
               help="With --method: `image` is uint8 RGB N x H x W x 3 of any size; the model's resize, crop and "
                    "normalisation run in the graph (no antialiasing, unlike the Python decoder).")
+@click.option("--baseline", default=None, help="With --method integrated_gradients / deeplift / deeplift_reveal_cancel: the "
+                                                "reference baked into the graph: black, zeros, gray, mean or a number "
+                                                "(default: black, or zeros without preprocessing).")
 @click.option("--layer", "layers", multiple=True, help="Layer to expose with its gradient (tensor or node name, or 'auto'); repeatable.")
 @click.option("--rules", default="gradient", show_default=True,
               help="Rule set (`onnxsal rules`): gradient, guided_backprop, deconvnet, deeplift, deeplift_reveal_cancel "
@@ -186,7 +188,8 @@ def inspect(model, size, input_name, output_name, all_layers, as_json):
 @click.option("--no-input-grad", is_flag=True, help="Only layer gradients (stops the backward pass at the layers).")
 @click.option("--size", type=SIZE, help="Input size (side or HxW), for models with a dynamic spatial size.")
 @io_names
-def export(model, output, method, raw, top_only, overlay, with_preprocessing, layers, rules, target_kind, no_input_grad, size, input_name, output_name):
+def export(model, output, method, raw, top_only, overlay, with_preprocessing, baseline, layers, rules, target_kind, no_input_grad, size,
+           input_name, output_name):
     """Write MODEL's explanation graph: inputs <input> and seed, outputs <input>_grad, <layer>, <layer>_grad.
 
     The file runs in any ONNX runtime; feed `seed` shaped like the score (a one-hot row selects a class).
@@ -197,6 +200,17 @@ def export(model, output, method, raw, top_only, overlay, with_preprocessing, la
 
     from .files import write_output
 
+    takes_reference = ("integrated_gradients", "deeplift", "deeplift_reveal_cancel")
+    if baseline is not None:
+        from .workflow import baseline_value
+
+        if method not in takes_reference:
+            raise click.BadParameter(f"only --method {', '.join(takes_reference)} bake a reference into the graph",
+                                     param_hint="--baseline")
+        try:
+            baseline = baseline_value(baseline)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="--baseline") from None
     if method is not None:
         from . import zoo
         from .explainer import Explainer
@@ -212,9 +226,14 @@ def export(model, output, method, raw, top_only, overlay, with_preprocessing, la
         options = {}
         if method == "lrp" and rules.split(":", 1)[0] == "lrp":  # --rules lrp:<composite or rules>[;...]
             options["rules"] = rules.partition(":")[2] or None
+        if baseline is not None:
+            options["baseline"] = baseline
         exported = ex.export(output, method, normalize=not raw, class_input=not top_only, overlay=overlay,
                              with_preprocessing=with_preprocessing, **options)
         click.echo(f"wrote {output}")
+        if method in takes_reference:
+            chosen = baseline if baseline is not None else ("black" if ex.preprocessing is not None else "zeros")
+            click.echo(f"  reference  {chosen} (a constant in the graph; --baseline changes it)")
         for i in exported.graph.input:
             click.echo(f"  input   {i.name}" + ("  (int64, one per sample or one for all; -1 = top class)" if i.name == "class" else ""))
         for o in exported.graph.output:
@@ -339,9 +358,9 @@ def method_flags(fn):
         click.option("--layer", default=None, help="Layer for CAM methods (tensor or node name; default: the zoo's or auto)."),
         click.option("--steps", type=click.IntRange(1), help="integrated_gradients: points on the path (default 50)."),
         click.option("--tolerance", type=Number(0, low_open=True), help="integrated_gradients: refine until |gap| <= tolerance * |F(x) - F(x')|."),
-        click.option("--baseline", help="integrated_gradients / deeplift reference, deeplift_shap / gradient_shap references, "
-                                        "occlusion fill: black, zeros, gray, mean, blur, uniform or a number; join several "
-                                        "with + to average."),
+        click.option("--baseline", help="integrated_gradients / deeplift / deeplift_reveal_cancel reference, deeplift_shap / "
+                                        "gradient_shap references, occlusion fill: black, zeros, gray, mean, blur, uniform, "
+                                        "a number or a .npy file (one sample in model space); join several with + to average."),
         click.option("--samples", type=click.IntRange(1), help="smoothgrad, smoothgrad_sq, vargrad: noisy copies (default 50); "
                                                                "gradient_shap: samples (default 5); rise, drise: masks (default 1000)."),
         click.option("--noise-level", type=Number(0), help="smoothgrad family: noise std as a fraction of the input range (default 0.15); "
@@ -401,10 +420,10 @@ def _work(explainer, methods, cli, images: int) -> float:
 def _cli_options(steps, tolerance, baseline, samples, noise_level, base, window, stride, batch_size):
     from .workflow import baseline_value
 
-    reference = baseline_value(baseline)
-    for value in reference if isinstance(reference, list) else [reference]:
-        if isinstance(value, float) and not isfinite(value):
-            raise click.BadParameter(f"--baseline must be a finite number or a name, not {value}")
+    try:
+        reference = baseline_value(baseline)
+    except InputError as exc:  # a usage error: refused before any model is loaded
+        raise click.BadParameter(str(exc)) from None
     return {"steps": steps, "tolerance": tolerance, "baseline": reference, "samples": samples,
             "noise_level": noise_level, "base": base, "window": window, "stride": stride, "batch_size": batch_size}
 
@@ -516,14 +535,15 @@ def _prepare(model, layer, target, target_kind, batch_size, provider, quiet, fla
     target and the method options, from the commands' flags."""
     from .workflow import parse_target, unused_flags
 
+    # method flags first: a wrong --baseline is refused before any model is loaded (exit 2)
+    cli = _cli_options(flags["steps"], flags["tolerance"], flags["baseline"], flags["samples"], flags["noise_level"],
+                       flags["base"], flags["window"], flags["stride"], batch_size)
     setup = _setup(model, flags["size"], flags["crop"], flags["mean"], flags["std"], flags["scale"], flags["layout"],
                    flags["bgr"], flags["interpolation"], flags["preprocess_file"], flags["labels_file"], quiet,
                    flags["input_name"], flags["output_name"])
     ex = _explainer(setup, layer or _zoo_layer(setup), target_kind, batch_size, provider)
     _say_choices(ex.graph, quiet)
     goal = parse_target(target, ex.labels, ex.num_classes)
-    cli = _cli_options(flags["steps"], flags["tolerance"], flags["baseline"], flags["samples"], flags["noise_level"],
-                       flags["base"], flags["window"], flags["stride"], batch_size)
     cli.update(composite=flags["composite"], rules=flags["lrp_rules"])
     if not quiet:
         for line in unused_flags(flags.get("chosen") or [], cli):
@@ -556,7 +576,11 @@ def compare(image, model, methods, target, region, region_mean, box, decoder, sc
     from . import viz
     from .workflow import compare_image, image_files, parse_methods
 
-    (file,) = image_files([image])
+    files = image_files([image])
+    if len(files) != 1:
+        raise click.BadParameter(f"compare draws one image; {image} holds {len(files)}: give one of them, or use "
+                                 "explain for a folder", param_hint="IMAGE")
+    (file,) = files
     chosen = parse_methods([methods])
     setup, ex, goal, cli = _prepare(model, layer, target, target_kind, batch_size, provider, quiet, locals())
     if not quiet:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import InputError, LayerError, MethodError
+from .errors import InputError, MethodError
 from .graph.layers import Layer, candidate_layers, select_layer
 from .graph.model import TARGET_KINDS, load_model
 from .preprocess import Preprocessing, sidecar_for
@@ -143,9 +143,10 @@ class Explainer:
             b = spec.astype(np.float32)
             if b.shape == x.shape:
                 return [b]
-            if b.shape == x.shape[1:]:
-                return [np.broadcast_to(b, x.shape).copy()]
-            raise MethodError(f"a baseline array must be shaped like x {x.shape} or one sample {x.shape[1:]}, not {b.shape}")
+            if b.shape == x.shape[1:] or b.shape == (1, *x.shape[1:]):  # one sample, with or without its batch axis
+                return [np.broadcast_to(b.reshape(x.shape[1:]), x.shape).copy()]
+            raise MethodError(f"a baseline array must be shaped like x {x.shape} or one sample {x.shape[1:]} "
+                              f"(or (1, {', '.join(map(str, x.shape[1:]))})), not {b.shape}")
         if not isinstance(spec, str) or spec not in BASELINES:
             raise MethodError(f"unknown baseline {spec!r}; choose one of {', '.join(BASELINES)}, a number or an array")
         if spec == "zeros" or spec == "mean":

@@ -227,16 +227,36 @@ def unused_flags(methods: Sequence[str], cli: dict) -> list[str]:
 
 
 def baseline_value(text: str | None):
-    """A CLI baseline: a name, a number, or several joined by '+' (averaged)."""
+    """A CLI baseline: a name, a number, a .npy file (one sample (C, H, W) / (1, C, H, W) in model space, or one per
+    image), or several joined by '+' (averaged). InputError, before any model runs, for an unknown name, an empty
+    part ('black+'), a non-finite number or an unreadable .npy file."""
+    from .explainer import BASELINES
+
     if text is None:
         return None
     parts = [p.strip() for p in text.split("+")]
     values = []
     for part in parts:
+        if not part:
+            raise InputError(f"--baseline {text!r} has an empty part: join names with + (e.g. black+blur)")
         try:
-            values.append(float(part))
+            number = float(part)
         except ValueError:
+            number = None
+        if number is not None:
+            if not np.isfinite(number):
+                raise InputError(f"--baseline must be a finite number or a name, not {part}")
+            values.append(number)
+        elif part.lower().endswith(".npy"):
+            try:
+                values.append(np.load(part, allow_pickle=False))
+            except (OSError, ValueError):
+                raise InputError(f"--baseline {part}: not a readable .npy array (write one with numpy.save)") from None
+        elif part in BASELINES:
             values.append(part)
+        else:
+            raise InputError(f"unknown baseline {part!r}; choose one of {', '.join(BASELINES)}, a number or a .npy "
+                             "file, or join several with +")
     return values[0] if len(values) == 1 else values
 
 

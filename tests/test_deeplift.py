@@ -564,7 +564,8 @@ def test_cli_explain_compare_listings(tmp_path):
     compare = runner.invoke(main, ["compare", photo, "--methods", "deeplift,deeplift_shap,gradient_shap", "-o", str(grid)])
     assert compare.exit_code == 0 and grid.exists(), compare.output
     bad = runner.invoke(main, ["explain", photo, "--method", "deeplift", "--baseline", "nothing", "--out", str(tmp_path)])
-    assert bad.exit_code == 1 and bad.output.strip().splitlines()[-1].startswith("error: unknown baseline 'nothing'")
+    # refused before any model runs: a usage error (exit 2), as README's exit codes say
+    assert bad.exit_code == 2 and "unknown baseline 'nothing'" in bad.output.strip().splitlines()[-1]
     listed = runner.invoke(main, ["methods"]).output
     for name, paper in (("deeplift", "Shrikumar"), ("deeplift_reveal_cancel", "RevealCancel"), ("deeplift_shap", "Lundberg"),
                         ("gradient_shap", "GradientShap")):

@@ -89,7 +89,7 @@ class _ReferenceMethod(Method):
                            delta=np.asarray(delta, np.float32), info=info)
 
 
-def _check_finite(attributions: np.ndarray, x: np.ndarray, ref: np.ndarray) -> None:
+def _check_finite(attributions: np.ndarray, x: np.ndarray, ref: np.ndarray, method: str = "DeepLIFT") -> None:
     """MethodError when multipliers came out infinite or NaN: a non-finite input or reference, or (float32) a unit whose
     input differs from the reference by less than 2^-101 (see rules/deeplift._rescale_piecewise_linear)."""
     if np.isfinite(attributions).all():
@@ -97,7 +97,7 @@ def _check_finite(attributions: np.ndarray, x: np.ndarray, ref: np.ndarray) -> N
     what = "the input or the reference has non-finite values" if not (np.isfinite(x).all() and np.isfinite(ref).all()) \
         else ("an infinite or NaN weight or activation, or a unit whose input at the image and at the reference "
               "differ by less than 1e-30")
-    raise MethodError(f"DeepLIFT gave non-finite attributions ({what}); check the model's outputs, or try another "
+    raise MethodError(f"{method} gave non-finite attributions ({what}); check the model's outputs, or try another "
                       "baseline (--baseline zeros, gray, blur)")
 
 
@@ -145,6 +145,7 @@ class DeepLiftShap(_ReferenceMethod):
             if progress:
                 progress(len(pair))
         attributions = (acc / nb).reshape(x.shape)
+        _check_finite(attributions, x, refs, "DeepLIFT SHAP")
         delta = attributions.reshape(n, -1).sum(axis=1) - gap / nb
         return self._finish(x, attributions, delta, {"evaluations": nb, "references": nb})
 
@@ -257,6 +258,7 @@ class GradientShap(_ReferenceMethod):
             if progress:
                 progress(len(sample))
         attributions = (acc / k).reshape(x.shape)
+        _check_finite(attributions, x, refs, "GradientSHAP")
         # the scores of the images and of their references, batched: chunks of images with their B references
         f_x, f_ref = np.empty(n), np.empty(n)
         step = max(1, self._batch() // (1 + nb))

@@ -35,6 +35,14 @@ def parse_assignments(values) -> tuple[dict, dict]:
                 raise MethodError(f"unknown setting {key!r} for metric {name}; its settings: {', '.join(DEFAULTS[name]) or 'none'}")
             settings.setdefault(name, {})[key] = _checked(name, key, parsed)
         elif name in METHODS:
+            if key == "baseline" and isinstance(parsed, str):  # as --baseline reads it: black+blur, a .npy file
+                from ..errors import InputError
+                from ..workflow import baseline_value
+
+                try:
+                    parsed = baseline_value(parsed)
+                except InputError as exc:
+                    raise MethodError(f"--set {head}: {exc}") from None
             options.setdefault(name, {})[key] = parsed
         else:
             raise MethodError(f"--set {head}: {name!r} is neither a metric nor a method")
