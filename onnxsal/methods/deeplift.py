@@ -134,16 +134,31 @@ class DeepLiftShap(_ReferenceMethod):
         total = n * nb
         acc = np.zeros((n, int(np.prod(x.shape[1:]))), np.float64)
         gap = np.zeros(n, np.float64)
-        for start in range(0, total, self._batch()):
-            pair = np.arange(start, min(total, start + self._batch()))
-            image, ref = pair // nb, pair % nb
-            xs, rs = x[image], np.ascontiguousarray(refs[image, ref], np.float32)
-            out = self.ex.gradients(xs, seeds[image], ruleset=self.ruleset, reference=rs)
-            contributions = ((xs - rs) * out.input_grad).reshape(len(pair), -1)
-            _add_by_image(acc, image, contributions)
-            np.add.at(gap, image, _explained(out.scores, seeds[image]) - _explained(out.reference_scores, seeds[image]))
-            if progress:
-                progress(len(pair))
+        if n > 1 or nb == 1 or self.options["references"] is not None:
+            # reference by reference over chunks of images: a reference shared by every image (`references`, black,
+            # a number) runs its pass at batch 1 and, from its second use, folded into the session (as deeplift)
+            for b in range(nb):
+                shared = len(refs) == 1 or bool(np.all(refs[:, b] == refs[:1, b]))
+                for start in range(0, n, self._batch()):
+                    image = np.arange(start, min(n, start + self._batch()))
+                    xs = x[image]
+                    rs = np.ascontiguousarray(refs[image[:1] if shared else image, b], np.float32)
+                    out = self.ex.gradients(xs, seeds[image], ruleset=self.ruleset, reference=rs)
+                    acc[image] += ((xs - rs) * out.input_grad).reshape(len(image), -1)
+                    gap[image] += _explained(out.scores, seeds[image]) - _explained(out.reference_scores, seeds[image])
+                    if progress:
+                        progress(len(image))
+        else:  # one image, several references of its own (blur, uniform): (image, reference) pairs in one batch
+            for start in range(0, total, self._batch()):
+                pair = np.arange(start, min(total, start + self._batch()))
+                image, ref = pair // nb, pair % nb
+                xs, rs = x[image], np.ascontiguousarray(refs[image, ref], np.float32)
+                out = self.ex.gradients(xs, seeds[image], ruleset=self.ruleset, reference=rs)
+                contributions = ((xs - rs) * out.input_grad).reshape(len(pair), -1)
+                _add_by_image(acc, image, contributions)
+                np.add.at(gap, image, _explained(out.scores, seeds[image]) - _explained(out.reference_scores, seeds[image]))
+                if progress:
+                    progress(len(pair))
         attributions = (acc / nb).reshape(x.shape)
         _check_finite(attributions, x, refs, "DeepLIFT SHAP")
         delta = attributions.reshape(n, -1).sum(axis=1) - gap / nb
