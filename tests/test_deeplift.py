@@ -683,3 +683,15 @@ def test_batch_folded_into_another_axis_falls_back_to_one_reference_per_image(ki
     heat = session.run(None, {session.get_inputs()[0].name: x})[2]
     np.testing.assert_allclose(heat, fresh.explain(x, "deeplift", target="top", baseline=0.0).maps, rtol=1e-4,
                                atol=1e-6 * np.abs(heat).max())
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_deeplift_shap_is_the_mean_of_deeplift_over_its_references(n):
+    """DeepLIFT SHAP with references of each image's own (blur) and shared ones (zeros), streamed reference by
+    reference (n = 3) or as (image, reference) pairs (n = 1): the mean of deeplift with each (Captum-checked above)."""
+    model, _ = small_net("residual")
+    x, _ = inputs(n, seed=21)
+    ex = Explainer(to_onnx(model, (1, 3, 12, 12)), batch_size=2)
+    shap = ex.explain(x, "deeplift_shap", target=1, baseline=["zeros", "blur"])
+    each = [ex.explain(x, "deeplift", target=1, baseline=b).attributions for b in ("zeros", "blur")]
+    assert rel(shap.attributions, np.mean(each, axis=0)) <= 1e-5
