@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -24,15 +23,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def timed(fn, repeats: int = 3) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 1)
+def timed(fn) -> float:
+    """Median ms of 3 calls after 2 warm-ups (session creation, Numba)."""
+    from timing import timed as seconds
+
+    return round(1000 * seconds(fn, repeats=3, warmups=2), 1)
 
 
 def main() -> None:

@@ -6,9 +6,10 @@ import statistics
 import time
 
 
-def timed(fn, repeats: int = 3) -> float:
-    """Median wall time in seconds of `repeats` calls of fn(), after one untimed warm-up call."""
-    fn()
+def timed(fn, repeats: int = 3, warmups: int = 1) -> float:
+    """Median wall time in seconds of `repeats` calls of fn(), after `warmups` untimed calls."""
+    for _ in range(warmups):
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

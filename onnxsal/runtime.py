@@ -184,15 +184,15 @@ class Engine:
         self.graph = graph
         self.providers = list(providers) if providers else default_providers()
         self._reference_uses: dict[str, int] = {}  # reference digest -> calls (folded_reference_runner)
+        # does a reference of batch 1 broadcast against the batch in this graph (None: not tried yet)? Not where the
+        # graph folds the batch into another axis; Engine.gradients then gives each image its copy
+        self.shared_reference: bool | None = None
         # pad every run of a session to the largest batch it has run: onnxruntime's CUDA provider re-plans a graph
         # whenever the batch shape changes between runs, which cost 0.45-1.5 s per change on an H200 (MobileNetV2
         # IG-50 in chunks of 8 and a last one of 2: 3.3 s, against 59 ms in one chunk of 50; ResNet-50 gradients of
         # 27 images as 26 + 1: 475 ms, one run of 27: 26 ms; benchmarks/results/cuda-h200-2026-11-30-chunk-shapes.txt).
         # On the CPU a change costs nothing measurable, and padding would cost its rows. ONNXSAL_UNIFORM_BATCHES=1/0
         # forces it on or off (other providers).
-        # does a reference of batch 1 broadcast against the batch in this graph (None: not tried yet)? Not where the
-        # graph folds the batch into another axis; Engine.gradients then gives each image its copy
-        self.shared_reference: bool | None = None
         forced = os.environ.get("ONNXSAL_UNIFORM_BATCHES")
         self.uniform_batches = forced == "1" if forced in ("0", "1") else "CUDAExecutionProvider" in self.providers
         from .cache import cache_dir, sweep
